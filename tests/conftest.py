@@ -1,0 +1,14 @@
+import pytest
+from fastai_repro.all import make_digits_folder, digits_dls
+from helpers import N_IMAGES, SIZE
+
+@pytest.fixture(scope='session')
+def digits(tmp_path_factory):
+    "A pets-style folder of the first N_IMAGES digits"
+    return make_digits_folder(tmp_path_factory.mktemp('data')/'digits', size=SIZE, n=N_IMAGES)
+
+@pytest.fixture
+def new_dls(digits):
+    "Builds `DataLoaders` the way the pets notebook does (its `seed=21` included)"
+    def _new(**kwargs): return digits_dls(digits, seed=21, size=SIZE, **kwargs)
+    return _new

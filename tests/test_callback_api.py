@@ -1,0 +1,124 @@
+"""ReproducibleCallback through every fastai entry point a user reaches for, on the digits images."""
+import copy, warnings
+import pytest, torch
+from fastai.callback.core import Callback
+from fastai.learner import Learner, load_learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import error_rate
+from fastai.vision.learner import vision_learner
+from fastai.vision.models import resnet18
+from fastai_repro.all import (ReproducibleCallback, determinism_flags, get_rng_state, weights_equal)
+from helpers import LR_FIND_ITERS, Trace, make_learner, same_run, assert_same
+
+def small_cnn():
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Dropout(0.2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 2))
+
+def quiet(learn): return learn.no_bar(), learn.no_logging()
+
+def fit_plain(learn, how):
+    with learn.no_bar(), learn.no_logging():
+        if how == 'fit': learn.fit(2, 1e-3)
+        elif how == 'fit_one_cycle': learn.fit_one_cycle(2)
+    return learn
+
+@pytest.mark.parametrize('how', ['fit', 'fit_one_cycle'])
+def test_vision_learner(new_dls, how):
+    def run(cb):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            cbs = [ReproducibleCallback(21)] if cb else []
+            return fit_plain(vision_learner(new_dls(), resnet18, pretrained=False, cbs=cbs + [Trace()]), how)
+    assert_same(run(True), run(True))
+    assert not same_run(run(False), run(False))
+
+def test_plain_learner(new_dls):
+    "`Learner(dls, model, cbs=...)`: the model is built after the callback seeds, so its init is covered"
+    def run(cb):
+        cbs = [ReproducibleCallback(21)] if cb else []
+        return fit_plain(Learner(new_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs + [Trace()]), 'fit')
+    assert_same(run(True), run(True))
+    assert not same_run(run(False), run(False))
+
+@pytest.mark.parametrize('attach', ['fit_cbs', 'add_cb'])
+def test_callback_attached_later(new_dls, attach):
+    "Attached after the model is built: the fits are covered; the model is the same object state for both runs"
+    model = small_cnn()
+    def run(cb):
+        learn = Learner(new_dls(), copy.deepcopy(model), loss_func=CrossEntropyLossFlat(), cbs=Trace())
+        cbs = ReproducibleCallback(21) if cb else None
+        with learn.no_bar(), learn.no_logging():
+            if attach == 'add_cb' and cb: learn.add_cb(cbs)
+            learn.fit(2, 1e-3, cbs=cbs if attach == 'fit_cbs' else None)
+        return learn
+    assert_same(run(True), run(True))
+    assert not same_run(run(False), run(False))
+
+def test_get_preds_and_validate_do_not_disturb(new_dls):
+    def run(inference):
+        learn = make_learner(new_dls())
+        with learn.no_bar(), learn.no_logging():
+            learn.fit_one_cycle(1)
+            if inference: learn.get_preds(); learn.validate(); learn.get_preds(dl=learn.dls.test_dl(learn.dls.valid_ds.items[:5]))
+            learn.fit_one_cycle(1)
+        return learn
+    assert_same(run(True), run(False))
+
+def test_generators_after_lr_find_equal_before(new_dls):
+    learn = make_learner(new_dls())
+    grads = [p.grad for p in learn.model.parameters()]
+    before = get_rng_state(learn.dls)
+    with learn.no_bar(), learn.no_logging(): learn.lr_find(show_plot=False, num_it=LR_FIND_ITERS)
+    after = get_rng_state(learn.dls)
+    assert after['random'] == before['random'] and after['loaders'] == before['loaders']
+    assert torch.equal(after['torch'], before['torch'])
+    assert (after['numpy'][1] == before['numpy'][1]).all()
+    assert [p.grad for p in learn.model.parameters()] == grads == [None] * len(grads)
+    assert learn.reproducible.n_fit == 0
+
+class Boom(Callback):
+    "Raises in the middle of the first epoch"
+    def after_batch(self):
+        if self.iter == 2: raise RuntimeError('boom')
+
+def test_flags_restored_after_fit_and_after_crash(new_dls):
+    torch.backends.cudnn.benchmark = True
+    try:
+        before = determinism_flags()
+        learn = make_learner(new_dls())
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+            assert determinism_flags() == before
+            with pytest.raises(RuntimeError, match='boom'): learn.fit(1, cbs=Boom())
+        assert determinism_flags() == before
+        assert before['cudnn.benchmark'] is True and before['deterministic_algorithms'] is False
+    finally: torch.backends.cudnn.benchmark = False
+
+def test_flags_restored_after_cancelled_fit(new_dls):
+    from fastai.callback.tracker import EarlyStoppingCallback
+    from fastai.callback.core import CancelFitException
+    class Stop(Callback):
+        def after_batch(self): raise CancelFitException()
+    before = determinism_flags()
+    learn = make_learner(new_dls())
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, cbs=Stop())
+    assert determinism_flags() == before and learn.reproducible.n_fit == 1
+
+def test_export_and_load_learner(new_dls, tmp_path):
+    learn = make_learner(new_dls())
+    learn.remove_cb(learn.trace)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    learn.export(tmp_path/'export.pkl')
+    loaded = load_learner(tmp_path/'export.pkl')
+    assert loaded.reproducible.seed == 21 and weights_equal(loaded.model, learn.model)
+    pred = loaded.predict(new_dls().valid_ds.items[0])
+    assert str(pred[0]) in ('True', 'False')
+
+@pytest.mark.parametrize('bad', [-1, 2**32, 1.5, '21', True, [21]])
+def test_bad_seeds_rejected(bad):
+    with pytest.raises(ValueError, match=r'\[0, 2\*\*32\)'): ReproducibleCallback(bad)
+
+def test_seed_none_is_drawn_and_kept(new_dls):
+    a = ReproducibleCallback()
+    assert 0 <= a.seed < 2**32 and a.seed != ReproducibleCallback().seed
