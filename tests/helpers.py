@@ -23,9 +23,9 @@ class Trace(Callback):
     def after_epoch(self):
         if self.on: self.rows.append(list(self.recorder.values[-1]))
 
-def make_learner(dls, callback=True, seed=21, **kwargs):
+def make_learner(dls, callback=True, seed=21, compare_previous=False, **kwargs):
     "`cnn_learner(dls, resnet18, pretrained=False)` as in the pets notebook, with the callback or without"
-    cbs = [ReproducibleCallback(seed)] if callback else []
+    cbs = [ReproducibleCallback(seed, compare_previous=compare_previous)] if callback else []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         learn = cnn_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=cbs + [Trace()], **kwargs)

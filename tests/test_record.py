@@ -11,6 +11,7 @@ def test_two_runs_give_equal_records(new_dls):
     assert ra.batches.equals(rb.batches) and ra.fits == rb.fits
     assert len(ra.fits) == 2 and len(ra.batches) == 2 * (len(a.dls.train) + len(a.dls.valid))
     assert rb.events == [dict(event='lr_find', before_fit=0, seed=rb.events[0]['seed'])] and ra.events == []
+    assert ra == rb.__class__(ra.fits, rb.rows, ra.events, rb.columns) # records equal but for the lr_find event
     # each generator and each digest column takes several values: the fingerprints follow the stream
     df = ra.batches
     for c in ('rng_random', 'rng_torch', 'rng_dl0', 'inputs', 'targets', 'loss'): assert df[c].nunique() > 1, c

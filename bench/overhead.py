@@ -1,0 +1,69 @@
+"""Overhead of ReproducibleCallback on the demo workload (digits, resnet18, 32 px, fine_tune(1) on 2 CPU cores).
+
+Three arms, interleaved in one process with the order rotated each round: no callback, the callback with batch
+records off (`every=0`: seeding, isolation, determinism flags), and the callback recording every batch. Reports the
+median of the per-round time ratios, a microbenchmark of the per-batch recording steps, and the record's size.
+
+    python bench/overhead.py [--rounds 5] [--n N]
+"""
+import argparse, platform, statistics, sys, tempfile, time, timeit, warnings
+from pathlib import Path
+import torch
+import fastai.callback.schedule  # noqa: F401  (fine_tune)
+from fastai.metrics import error_rate
+from fastai.vision.learner import vision_learner
+from fastai.vision.models import resnet18
+from fastai_repro.all import ReproducibleCallback, digits_dls, make_digits_folder, generator_fingerprints, tensors_digest
+
+def fit_time(path, arm):
+    dls = digits_dls(path, seed=21)
+    cbs = [] if arm == 'none' else [ReproducibleCallback(21, every=0 if arm == 'seeding' else 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        learn = vision_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=cbs)
+    with learn.no_bar(), learn.no_logging():
+        t = time.perf_counter(); learn.fine_tune(1); t = time.perf_counter() - t
+    return t, learn
+
+def micro(learn, n=2000):
+    "Microseconds per batch for each recording step, on a real batch of the demo"
+    xb, yb = learn.dls.train.one_batch()
+    us = lambda f: min(timeit.repeat(f, number=n, repeat=5)) / n * 1e6
+    return dict(fingerprints=us(lambda: generator_fingerprints(learn.dls)),
+                inputs_digest=us(lambda: tensors_digest((xb,))), targets_digest=us(lambda: tensors_digest((yb,))))
+
+def record_size(learn, tmp):
+    rec = learn.reproducible.record
+    p = rec.save(Path(tmp)/'run.jsonl')
+    lines = p.read_text().splitlines(True)
+    batch_bytes = sum(len(l) for l in lines if l.startswith('['))
+    mem = sum(sys.getsizeof(r) + sum(sys.getsizeof(v) for v in r) for r in rec.rows)
+    return dict(batches=len(rec.rows), file_bytes=p.stat().st_size, bytes_per_batch_file=batch_bytes / len(rec.rows),
+                bytes_per_batch_memory=mem / len(rec.rows))
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--n', type=int, default=None, help='images (default: all 1797)')
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    path = make_digits_folder(Path(tmp)/'digits', n=args.n)
+    arms = ['none', 'seeding', 'recording']
+    fit_time(path, 'none') # warm-up
+    times = {a: [] for a in arms}
+    for r in range(args.rounds):
+        for a in arms[r % 3:] + arms[:r % 3]:
+            t, learn = fit_time(path, a)
+            times[a].append(t)
+            if a == 'recording': last = learn
+        print(f'round {r}: ' + '  '.join(f'{a} {times[a][-1]:.2f}s' for a in arms), flush=True)
+    ratio = lambda a: statistics.median(x / y for x, y in zip(times[a], times['none']))
+    print(f'\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, '
+          f'python {platform.python_version()}, torch {torch.__version__}')
+    print(f"median fine_tune(1) time without the callback: {statistics.median(times['none']):.2f} s ({args.rounds} rounds)")
+    print(f"median ratio, callback with batch records off (every=0): {ratio('seeding'):.4f}")
+    print(f"median ratio, callback recording every batch:            {ratio('recording'):.4f}")
+    for k, v in micro(last).items(): print(f'per batch, {k}: {v:.1f} us')
+    for k, v in record_size(last, tmp).items(): print(f'record, {k}: {v:.0f}')
+
+if __name__ == '__main__': main()

@@ -1,0 +1,174 @@
+"""Why two runs differ, one real scenario per rule on the digits images: the cause code and the first divergence."""
+import copy, json, os, shutil, subprocess, sys, warnings
+import numpy as np, pytest, torch
+from torch import nn
+from PIL import Image
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.vision.augment import RandomResizedCrop, aug_transforms
+from fastai.vision.data import ImageDataLoaders
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityError, ReproducibilityWarning, RunRecord, compare,
+                              digits_dls, is_upper, plot_divergence)
+from fastai_repro.cli import main
+from helpers import SIZE, make_learner
+
+def fit1(learn, **kw):
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, **kw)
+    return learn.reproducible.record
+
+def quiet_learner(dls, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ReproducibilityWarning)
+        return make_learner(dls, **kw)
+
+def test_unseeded_split(digits):
+    "Two sessions that start from different global states build their DataLoaders without a seed"
+    recs = []
+    for s in (1, 2):
+        torch.manual_seed(s)
+        recs.append(fit1(quiet_learner(digits_dls(digits, seed=None, size=SIZE))))
+    c = compare(*recs)
+    assert c.causes == ['split'] and 'seed=' in c.fixes['split']
+    assert (c.first_divergence.fit, c.first_divergence.iter) == (0, 0) and 'inputs' in c.first_divergence.components
+
+def test_callback_added_after_model(new_dls):
+    recs = []
+    for s in (1, 2):
+        dls = new_dls() # its RandomSplitter(seed=21) reseeds torch globally, so the draws must come after it
+        torch.manual_seed(s) # two sessions: the model is initialized from whatever state the generators are in
+        learn = make_learner(dls, callback=False)
+        learn.add_cb(ReproducibleCallback(21))
+        with pytest.warns(ReproducibilityWarning, match='attached after the model was built'): recs.append(fit1(learn))
+    c = compare(*recs)
+    assert c.causes == ['init_weights'] and 'cbs=ReproducibleCallback' in c.fixes['init_weights']
+    assert (c.first_divergence.iter, c.first_divergence.components) == (0, ['loss'])
+    assert recs[0].events[0]['event'] == 'attached_after_model'
+
+class ExtraDraw(Callback):
+    "Draws one random number from torch's generator at training batch 5 of the first epoch"
+    def before_batch(self):
+        if self.training and self.epoch == 0 and self.iter == 5: torch.rand(1)
+
+def test_extra_draw_at_batch_5(new_dls):
+    a = fit1(quiet_learner(new_dls()))
+    learn = quiet_learner(new_dls())
+    learn.add_cb(ExtraDraw())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ReproducibilityWarning)
+        b = fit1(learn)
+    c = compare(a, b)
+    fd = c.first_divergence
+    assert c.causes == ['rng'] and (fd.fit, fd.epoch, fd.phase, fd.iter) == (0, 0, 'train', 5)
+    assert fd.components[0] == 'rng_torch_step' and 'out of order' in c.fixes['rng']
+
+def test_transform_changed(digits, new_dls):
+    a = fit1(quiet_learner(new_dls()))
+    dls = ImageDataLoaders.from_name_func(digits, sorted(digits.glob('*.png')), valid_pct=0.2, seed=21, label_func=is_upper,
+                                          item_tfms=RandomResizedCrop(SIZE, min_scale=0.5), batch_tfms=aug_transforms(do_flip=False))
+    c = compare(a, fit1(quiet_learner(dls)))
+    assert c.causes == ['dataloader'] and 'min_scale' in c.details['dataloader']
+    assert c.first_divergence.iter == 0 and 'inputs' in c.first_divergence.components
+
+def test_pixels_changed_same_files(digits, tmp_path):
+    "Same file names, other pixels: the item set and the split match, the inputs do not"
+    other = tmp_path/'digits'
+    shutil.copytree(digits, other)
+    for f in other.glob('*.png'):
+        a = np.array(Image.open(f)); Image.fromarray(255 - a).save(f)
+    a = fit1(quiet_learner(digits_dls(digits, size=SIZE)))
+    c = compare(a, fit1(quiet_learner(digits_dls(other, size=SIZE))))
+    assert c.causes == ['data'] and c.first_divergence.iter == 0 and c.first_divergence.components[0] == 'inputs'
+
+class Noise(nn.Module):
+    "Adds noise from os.urandom: no generator that fastai or torch seeds"
+    def forward(self, x):
+        n = np.frombuffer(os.urandom(4 * x.numel()), dtype=np.uint32).astype(np.float32) / 2**32
+        return x + 1e-3 * torch.from_numpy(n).view_as(x)
+
+def small_model():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), Noise(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+def test_nondeterminism(new_dls):
+    def run():
+        cb = ReproducibleCallback(21)
+        return fit1(Learner(new_dls(), small_model(), loss_func=CrossEntropyLossFlat(), cbs=cb))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ReproducibilityWarning)
+        c = compare(run(), run())
+    assert c.causes == ['nondeterminism'] and 'every determinism flag was on' in c.fixes['nondeterminism']
+    assert (c.first_divergence.iter, c.first_divergence.components) == (0, ['loss'])
+
+def test_hyperparameter_change(new_dls):
+    a = fit1(quiet_learner(new_dls()), lr=1e-3)
+    c = compare(a, fit1(quiet_learner(new_dls()), lr=3e-3))
+    assert c.causes == ['hyperparameters'] and 'call[0].args.lr: 0.001 vs 0.003' in c.details['hyperparameters']
+    assert (c.first_divergence.iter, c.first_divergence.components) == (1, ['loss'])
+
+@pytest.fixture(scope='module')
+def saved(digits, tmp_path_factory):
+    "A saved run of the digits"
+    learn = quiet_learner(digits_dls(digits, seed=21, size=SIZE))
+    learn.reproducible.save_to = tmp_path_factory.mktemp('runs')
+    fit1(learn)
+    return learn.reproducible.saved_as
+
+def test_other_torch_version(saved, tmp_path):
+    lines = saved.read_text().splitlines(True)
+    fit = json.loads(lines[1]); fit['fit']['env']['torch'] = '2.13.0'
+    other = tmp_path/'other.jsonl'; other.write_text(lines[0] + json.dumps(fit) + '\n' + ''.join(lines[2:]))
+    c = compare(saved, other)
+    assert c.causes == ['env'] and f'torch: {torch.__version__} vs 2.13.0' in c.details['env'] and 'not expected' in c.fixes['env']
+    assert c.first_divergence is None
+
+def test_live_reference_warns_once_and_strict_stops(saved, new_dls):
+    learn = quiet_learner(new_dls())
+    learn.reproducible._ref = RunRecord.load(saved)
+    learn.add_cb(ExtraDraw())
+    with pytest.warns(ReproducibilityWarning, match=r'differs from the reference run \(first at fit 0, epoch 0, train batch 5') as ws:
+        fit1(learn)
+    assert sum('differs from the reference' in str(w.message) for w in ws) == 1
+    assert [e['causes'] for e in learn.reproducible.record.events if e['event'] == 'divergence'] == [['rng']]
+    learn = quiet_learner(new_dls())
+    learn.reproducible.strict, learn.reproducible._ref = True, RunRecord.load(saved)
+    learn.add_cb(ExtraDraw())
+    with pytest.raises(ReproducibilityError, match='train batch 5'): fit1(learn)
+    assert len(learn.reproducible.record.rows) == 6 # stopped there: batches 0..5
+
+def test_previous_run_with_same_seed_is_compared(new_dls):
+    fit1(quiet_learner(new_dls(), compare_previous=True))
+    learn = quiet_learner(new_dls(), compare_previous=True)
+    learn.add_cb(ExtraDraw())
+    with pytest.warns(ReproducibilityWarning, match='reference run'): fit1(learn)
+    learn = quiet_learner(new_dls(), compare_previous=False)
+    learn.add_cb(ExtraDraw())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ReproducibilityWarning)
+        fit1(learn)
+
+def test_reused_callback_warns(new_dls):
+    cb = ReproducibleCallback(21)
+    Learner(new_dls(), small_model(), loss_func=CrossEntropyLossFlat(), cbs=cb)
+    with pytest.warns(ReproducibilityWarning, match='second learner'):
+        Learner(new_dls(), small_model(), loss_func=CrossEntropyLossFlat(), cbs=cb)
+
+def test_cli_diff_exit_codes(saved, tmp_path, capsys):
+    assert main(['diff', str(saved), str(saved)]) == 0
+    assert capsys.readouterr().out.startswith('SAME')
+    other = tmp_path/'b.jsonl'
+    lines = saved.read_text().splitlines(True)
+    other.write_text(lines[0] + lines[1].replace('"seed":21', '"seed":22') + ''.join(lines[2:]))
+    assert main(['diff', str(saved), str(other)]) == 1
+    assert capsys.readouterr().out.startswith('DIFFER: seed')
+    (tmp_path/'bad.jsonl').write_text(''.join(lines[:-1]))
+    for bad in ('/no/such/file.jsonl', str(tmp_path/'bad.jsonl')):
+        r = subprocess.run([sys.executable, '-m', 'fastai_repro', 'diff', str(saved), bad], capture_output=True, text=True)
+        assert r.returncode == 2 and r.stdout == '' and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+def test_plot_marks_first_divergence(saved, new_dls):
+    learn = quiet_learner(new_dls()); learn.add_cb(ExtraDraw())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ReproducibilityWarning)
+        b = fit1(learn)
+    fig = plot_divergence(saved, b)
+    assert 'train batch 5' in fig.axes[0].get_title()
