@@ -14,6 +14,7 @@ from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet18
 from fastai_repro.all import ReproducibleCallback, digits_dls, make_digits_folder, generator_fingerprints, tensors_digest
+from fastai_repro.record import step_fingerprints
 
 def fit_time(path, arm):
     dls = digits_dls(path, seed=21)
@@ -29,7 +30,7 @@ def micro(learn, n=2000):
     "Microseconds per batch for each recording step, on a real batch of the demo"
     xb, yb = learn.dls.train.one_batch()
     us = lambda f: min(timeit.repeat(f, number=n, repeat=5)) / n * 1e6
-    return dict(fingerprints=us(lambda: generator_fingerprints(learn.dls)),
+    return dict(fingerprints=us(lambda: (generator_fingerprints(learn.dls), step_fingerprints())),
                 inputs_digest=us(lambda: tensors_digest((xb,))), targets_digest=us(lambda: tensors_digest((yb,))))
 
 def record_size(learn, tmp):

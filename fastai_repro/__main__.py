@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/07_main.ipynb #2c5c2bc3
+# %% ../nbs/07_main.ipynb #ec3d782b
 import sys
 from .cli import main
 

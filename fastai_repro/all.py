@@ -10,7 +10,7 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'Comparison', 'Divergence', 'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls',
            'is_upper']
 
-# %% ../nbs/06_all.ipynb #b062eddc
+# %% ../nbs/06_all.ipynb #243af8db
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
     get_rng_state, set_rng_state, isolate_rng, determinism_flags, lock_determinism, set_determinism_flags)
 from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
@@ -19,7 +19,7 @@ from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
 
-# %% ../nbs/06_all.ipynb #6138e17b
+# %% ../nbs/06_all.ipynb #6f7b0755
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
          'get_rng_state', 'set_rng_state', 'isolate_rng', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',

@@ -12,3 +12,10 @@ def new_dls(digits):
     "Builds `DataLoaders` the way the pets notebook does (its `seed=21` included)"
     def _new(**kwargs): return digits_dls(digits, seed=21, size=SIZE, **kwargs)
     return _new
+
+@pytest.fixture(autouse=True)
+def no_previous_run():
+    "Each test starts with no earlier run to be compared with (the callback's `compare_previous`)"
+    from fastai_repro import callback
+    callback._previous.clear()
+    yield

@@ -1,5 +1,5 @@
 "Shared pieces of the end-to-end tests: a small real data set and one training run of the pets notebook"
-import copy, warnings
+import warnings
 import torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune, lr_find)
 from fastai.callback.core import Callback
@@ -7,7 +7,7 @@ from fastai.learner import Recorder
 from fastai.metrics import error_rate
 from fastai.vision.learner import cnn_learner
 from fastai.vision.models import resnet18
-from fastai_repro.all import ReproducibleCallback, digits_dls, weights_equal
+from fastai_repro.all import ReproducibleCallback, weights_equal
 from fastai_repro.callback import fit_kind
 
 N_IMAGES, SIZE, LR_FIND_ITERS = 640, 32, 24

@@ -1,13 +1,13 @@
 """ReproducibleCallback through every fastai entry point a user reaches for, on the digits images."""
 import copy, warnings
-import pytest, torch
+import numpy as np, pytest, torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet18
-from fastai_repro.all import (ReproducibleCallback, determinism_flags, get_rng_state, weights_equal)
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, determinism_flags, get_rng_state, weights_equal)
 from helpers import LR_FIND_ITERS, Trace, make_learner, same_run, assert_same
 
 def small_cnn():
@@ -15,31 +15,36 @@ def small_cnn():
     return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Dropout(0.2), nn.AdaptiveAvgPool2d(1),
                          nn.Flatten(), nn.Linear(8, 2))
 
-def quiet(learn): return learn.no_bar(), learn.no_logging()
-
 def fit_plain(learn, how):
     with learn.no_bar(), learn.no_logging():
         if how == 'fit': learn.fit(2, 1e-3)
         elif how == 'fit_one_cycle': learn.fit_one_cycle(2)
     return learn
 
+def other_session(dls, s):
+    "Stands for two sessions: the global generators are in another state when the learner is built"
+    torch.manual_seed(s) # after the DataLoaders: their RandomSplitter(seed=21) reseeds torch globally
+    return dls
+
 @pytest.mark.parametrize('how', ['fit', 'fit_one_cycle'])
 def test_vision_learner(new_dls, how):
-    def run(cb):
+    def run(cb, s):
+        dls = other_session(new_dls(), s)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            cbs = [ReproducibleCallback(21)] if cb else []
-            return fit_plain(vision_learner(new_dls(), resnet18, pretrained=False, cbs=cbs + [Trace()]), how)
-    assert_same(run(True), run(True))
-    assert not same_run(run(False), run(False))
+            cbs = [ReproducibleCallback(21, compare_previous=False)] if cb else []
+            return fit_plain(vision_learner(dls, resnet18, pretrained=False, cbs=cbs + [Trace()]), how)
+    assert_same(run(True, 1), run(True, 2))
+    assert not same_run(run(False, 1), run(False, 2))
 
 def test_plain_learner(new_dls):
     "`Learner(dls, model, cbs=...)`: the model is built after the callback seeds, so its init is covered"
-    def run(cb):
-        cbs = [ReproducibleCallback(21)] if cb else []
-        return fit_plain(Learner(new_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs + [Trace()]), 'fit')
-    assert_same(run(True), run(True))
-    assert not same_run(run(False), run(False))
+    def run(cb, s):
+        dls = other_session(new_dls(), s)
+        cbs = [ReproducibleCallback(21, compare_previous=False)] if cb else [] # built before the model: init covered
+        return fit_plain(Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs + [Trace()]), 'fit')
+    assert_same(run(True, 1), run(True, 2))
+    assert not same_run(run(False, 1), run(False, 2))
 
 @pytest.mark.parametrize('attach', ['fit_cbs', 'add_cb'])
 def test_callback_attached_later(new_dls, attach):
@@ -73,7 +78,7 @@ def test_generators_after_lr_find_equal_before(new_dls):
     after = get_rng_state(learn.dls)
     assert after['random'] == before['random'] and after['loaders'] == before['loaders']
     assert torch.equal(after['torch'], before['torch'])
-    assert (after['numpy'][1] == before['numpy'][1]).all()
+    assert all(np.array_equal(x, y) for x, y in zip(after['numpy'], before['numpy'])) # key, pos, gauss cache
     assert [p.grad for p in learn.model.parameters()] == grads == [None] * len(grads)
     assert learn.reproducible.n_fit == 0
 
@@ -96,7 +101,6 @@ def test_flags_restored_after_fit_and_after_crash(new_dls):
     finally: torch.backends.cudnn.benchmark = False
 
 def test_flags_restored_after_cancelled_fit(new_dls):
-    from fastai.callback.tracker import EarlyStoppingCallback
     from fastai.callback.core import CancelFitException
     class Stop(Callback):
         def after_batch(self): raise CancelFitException()
@@ -112,7 +116,9 @@ def test_export_and_load_learner(new_dls, tmp_path):
     learn.export(tmp_path/'export.pkl')
     loaded = load_learner(tmp_path/'export.pkl')
     assert loaded.reproducible.seed == 21 and weights_equal(loaded.model, learn.model)
-    pred = loaded.predict(new_dls().valid_ds.items[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ReproducibilityWarning) # a loaded learner is no callback attached late
+        pred = loaded.predict(new_dls().valid_ds.items[0])
     assert str(pred[0]) in ('True', 'False')
 
 @pytest.mark.parametrize('bad', [-1, 2**32, 1.5, '21', True, [21]])
@@ -120,5 +126,14 @@ def test_bad_seeds_rejected(bad):
     with pytest.raises(ValueError, match=r'\[0, 2\*\*32\)'): ReproducibleCallback(bad)
 
 def test_seed_none_is_drawn_and_kept(new_dls):
-    a = ReproducibleCallback()
-    assert 0 <= a.seed < 2**32 and a.seed != ReproducibleCallback().seed
+    "An unplanned run (seed=None) can be repeated from the seed it kept"
+    def run(seed):
+        dls = other_session(new_dls(), seed or 1)
+        cbs = [ReproducibleCallback(seed, compare_previous=False), Trace()] # before the model, so its init is covered
+        learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
+        return fit_plain(learn, 'fit')
+    a = run(None)
+    seed = a.reproducible.seed
+    assert 0 <= seed < 2**32 and a.reproducible.record.fits[0]['seed'] == seed
+    assert_same(a, run(seed))
+    assert not same_run(a, run(seed ^ 1))

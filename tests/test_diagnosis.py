@@ -1,5 +1,5 @@
 """Why two runs differ, one real scenario per rule on the digits images: the cause code and the first divergence."""
-import copy, json, os, shutil, subprocess, sys, warnings
+import json, os, shutil, subprocess, sys, warnings
 import numpy as np, pytest, torch
 from torch import nn
 from PIL import Image

@@ -1,8 +1,7 @@
 """Run records on the digits images: two runs give equal records row for row, recording changes no bit of training,
 and a saved record round-trips and stays small."""
-import json, warnings
-import pytest
-from fastai_repro.all import RunRecord, ReproducibleCallback, weights_equal
+import json
+from fastai_repro.all import RunRecord, weights_equal
 from helpers import train, make_learner
 
 def test_two_runs_give_equal_records(new_dls):
@@ -11,7 +10,6 @@ def test_two_runs_give_equal_records(new_dls):
     assert ra.batches.equals(rb.batches) and ra.fits == rb.fits
     assert len(ra.fits) == 2 and len(ra.batches) == 2 * (len(a.dls.train) + len(a.dls.valid))
     assert rb.events == [dict(event='lr_find', before_fit=0, seed=rb.events[0]['seed'])] and ra.events == []
-    assert ra == rb.__class__(ra.fits, rb.rows, ra.events, rb.columns) # records equal but for the lr_find event
     # each generator and each digest column takes several values: the fingerprints follow the stream
     df = ra.batches
     for c in ('rng_random', 'rng_torch', 'rng_dl0', 'inputs', 'targets', 'loss'): assert df[c].nunique() > 1, c
