@@ -1,12 +1,14 @@
 """Overhead of ReproducibleCallback on the demo workload (digits, resnet18, 32 px, fine_tune(1) on 2 CPU cores).
 
-Three arms, interleaved in one process with the order rotated each round: no callback, the callback with batch
-records off (`every=0`: seeding, isolation, determinism flags), and the callback recording every batch. Reports the
-median of the per-round time ratios, a microbenchmark of the per-batch recording steps, and the record's size.
+Four arms, interleaved in one process with the order rotated each round: no callback; the callback with batch records
+off and no data isolation (`every=0, isolate_data=False`: seeding, determinism flags, fit facts); recording every
+batch (`isolate_data=False`); and the default (recording and data isolation). Reports, for wall time and for the
+process's CPU time (less disturbed by other load on a shared machine), the median of the per-round ratios to the
+arm without the callback; a microbenchmark of the per-batch recording steps; and the record's size.
 
     python bench/overhead.py [--rounds 5] [--n N]
 """
-import argparse, platform, statistics, sys, tempfile, time, timeit, warnings
+import argparse, os, platform, statistics, sys, tempfile, time, timeit, warnings
 from pathlib import Path
 import torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune)
@@ -16,15 +18,20 @@ from fastai.vision.models import resnet18
 from fastai_repro.all import ReproducibleCallback, digits_dls, make_digits_folder, generator_fingerprints, tensors_digest
 from fastai_repro.record import step_fingerprints
 
+ARMS = {'none': None, 'seeding': dict(every=0, isolate_data=False), 'recording': dict(isolate_data=False),
+        'isolated': dict()}
+
 def fit_time(path, arm):
     dls = digits_dls(path, seed=21)
-    cbs = [] if arm == 'none' else [ReproducibleCallback(21, every=0 if arm == 'seeding' else 1)]
+    cbs = [] if arm == 'none' else [ReproducibleCallback(21, **ARMS[arm])]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         learn = vision_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=cbs)
     with learn.no_bar(), learn.no_logging():
-        t = time.perf_counter(); learn.fine_tune(1); t = time.perf_counter() - t
-    return t, learn
+        t, c = time.perf_counter(), time.process_time()
+        learn.fine_tune(1)
+        t, c = time.perf_counter() - t, time.process_time() - c
+    return (t, c), learn
 
 def micro(learn, n=2000):
     "Microseconds per batch for each recording step, on a real batch of the demo"
@@ -49,21 +56,22 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     path = make_digits_folder(Path(tmp)/'digits', n=args.n)
-    arms = ['none', 'seeding', 'recording']
+    arms = list(ARMS)
     fit_time(path, 'none') # warm-up
     times = {a: [] for a in arms}
     for r in range(args.rounds):
-        for a in arms[r % 3:] + arms[:r % 3]:
+        for a in arms[r % len(arms):] + arms[:r % len(arms)]:
             t, learn = fit_time(path, a)
             times[a].append(t)
             if a == 'recording': last = learn
-        print(f'round {r}: ' + '  '.join(f'{a} {times[a][-1]:.2f}s' for a in arms), flush=True)
-    ratio = lambda a: statistics.median(x / y for x, y in zip(times[a], times['none']))
-    print(f'\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, '
-          f'python {platform.python_version()}, torch {torch.__version__}')
-    print(f"median fine_tune(1) time without the callback: {statistics.median(times['none']):.2f} s ({args.rounds} rounds)")
-    print(f"median ratio, callback with batch records off (every=0): {ratio('seeding'):.4f}")
-    print(f"median ratio, callback recording every batch:            {ratio('recording'):.4f}")
+        print(f'round {r}: ' + '  '.join(f'{a} {times[a][-1][0]:.2f}s' for a in arms), flush=True)
+    ratio = lambda a, k: statistics.median(x[k] / y[k] for x, y in zip(times[a], times['none']))
+    print(f'\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch '
+          f'threads, python {platform.python_version()}, torch {torch.__version__}')
+    print(f"median fine_tune(1) without the callback: {statistics.median(t[0] for t in times['none']):.2f} s wall, "
+          f"{statistics.median(t[1] for t in times['none']):.2f} s CPU ({args.rounds} rounds)")
+    print('median ratio to no callback          wall     CPU')
+    for a in arms[1:]: print(f'  {a:<34} {ratio(a, 0):.4f}  {ratio(a, 1):.4f}')
     for k, v in micro(last).items(): print(f'per batch, {k}: {v:.1f} us')
     for k, v in record_size(last, tmp).items(): print(f'record, {k}: {v:.0f}')
 

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/07_main.ipynb #ec3d782b
+# %% ../nbs/07_main.ipynb #d90f83e2
 import sys
 from .cli import main
 

@@ -4,24 +4,24 @@
 
 # %% auto #0
 __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
-           'get_rng_state', 'set_rng_state', 'isolate_rng', 'determinism_flags', 'lock_determinism',
-           'set_determinism_flags', 'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest',
-           'weights_equal', 'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'compare',
-           'Comparison', 'Divergence', 'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls',
-           'is_upper']
+           'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader',
+           'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'RunRecord', 'RecordError',
+           'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
+           'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence',
+           'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
 
-# %% ../nbs/06_all.ipynb #243af8db
+# %% ../nbs/06_all.ipynb #90292318
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
-    get_rng_state, set_rng_state, isolate_rng, determinism_flags, lock_determinism, set_determinism_flags)
+    get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags)
 from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
     arch_digest, generator_fingerprints, environment, data_facts)
 from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
 
-# %% ../nbs/06_all.ipynb #6f7b0755
+# %% ../nbs/06_all.ipynb #3e0e1639
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
-         'get_rng_state', 'set_rng_state', 'isolate_rng', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
+         'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
          'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
          'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
