@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/07_main.ipynb #d90f83e2
+# %% ../nbs/07_main.ipynb #2b7b7860
 import sys
 from .cli import main
 

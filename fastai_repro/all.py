@@ -10,7 +10,7 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence',
            'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
 
-# %% ../nbs/06_all.ipynb #90292318
+# %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
     get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags)
 from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
@@ -19,7 +19,7 @@ from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
 
-# %% ../nbs/06_all.ipynb #3e0e1639
+# %% ../nbs/06_all.ipynb #02441290
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
          'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
