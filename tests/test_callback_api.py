@@ -4,7 +4,6 @@ import numpy as np, pytest, torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet18
 from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, determinism_flags, get_rng_state, weights_equal)

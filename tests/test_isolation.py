@@ -7,8 +7,7 @@ from torch import nn
 from fastai.callback.mixup import MixUp
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
-from fastai_repro.all import ReproducibleCallback, compare, weights_equal
-from helpers import SIZE
+from fastai_repro.all import ReproducibleCallback, compare
 
 def model(dropout=False):
     layers = [nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
