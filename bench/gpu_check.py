@@ -1,11 +1,13 @@
 """GPU check: resnet34 on 224-pixel synthetic images with random augmentations on the device.
 
-Two runs with ReproducibleCallback must be bit-identical (every state_dict tensor, torch.equal) and their batch
-records equal row for row; two runs without it must differ. Then the overhead: the same fit with and without the
-callback (recording every batch), interleaved, median ratio. On a machine without a GPU it runs a smaller workload
-on the CPU (64 pixels, fewer images), so the script itself is tested everywhere.
+Three scenarios: `fp32`; `fp16` (fastai's `learn.to_fp16()`, mixed precision with a gradient scaler); `workers`
+(`num_workers=2`, items made in worker processes). In each, two runs with ReproducibleCallback must be bit-identical
+(every state_dict tensor, torch.equal) and their batch records equal row for row; two runs without it must differ.
+Then the overhead of the `fp32` fit with and without the callback (recording every batch), interleaved, median ratio.
+On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
+tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
-    python bench/gpu_check.py [--pairs 5] [--out DIR]
+    python bench/gpu_check.py [--pairs 5] [--scenarios fp32 fp16 workers] [--out DIR]
 """
 import argparse, json, os, platform, statistics, time, warnings
 import torch
@@ -24,18 +26,23 @@ def synthetic(n, size, seed):
     x, y = torch.rand(n, 3, size, size, generator=g), torch.randint(0, 2, (n,), generator=g)
     return [(TensorImage(x[i]), TensorCategory(y[i])) for i in range(n)]
 
-def make_dls(n, size, bs, device):
-    return DataLoaders(TfmdDL(synthetic(n, size, 0), bs=bs, shuffle=True, after_batch=aug_transforms(), device=device),
-                       TfmdDL(synthetic(n // 4, size, 1), bs=bs, device=device), device=device)
+def make_dls(n, size, bs, device, workers=0):
+    return DataLoaders(TfmdDL(synthetic(n, size, 0), bs=bs, shuffle=True, after_batch=aug_transforms(), device=device,
+                              num_workers=workers),
+                       TfmdDL(synthetic(n // 4, size, 1), bs=bs, device=device, num_workers=workers), device=device)
 
-def run(cfg, callback):
+SCENARIOS = {'fp32': dict(fp16=False, workers=0), 'fp16': dict(fp16=True, workers=0), 'workers': dict(fp16=False, workers=2)}
+
+def run(cfg, callback, scenario='fp32'):
     "One fit_one_cycle(1); returns the learner and the seconds it took"
+    sc = SCENARIOS[scenario]
     cbs = [ReproducibleCallback(21)] if callback else []
-    dls = make_dls(cfg['n'], cfg['size'], cfg['bs'], cfg['device'])
+    dls = make_dls(cfg['n'], cfg['size'], cfg['bs'], cfg['device'], sc['workers'])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         learn = vision_learner(dls, resnet34, pretrained=False, n_out=2, normalize=False,
                                loss_func=CrossEntropyLossFlat(), cbs=cbs)
+        if sc['fp16']: learn.to_fp16()
         with learn.no_bar(), learn.no_logging():
             if cfg['device'] == 'cuda': torch.cuda.synchronize()
             t = time.perf_counter(); learn.fit_one_cycle(1)
@@ -45,21 +52,27 @@ def run(cfg, callback):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--pairs', type=int, default=5)
+    ap.add_argument('--scenarios', nargs='+', choices=list(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument('--out', default=os.environ.get('OUT'))
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     cfg = dict(device='cuda' if cuda else 'cpu', n=512 if cuda else 64, size=224 if cuda else 64, bs=64 if cuda else 16)
     res = dict(cfg, machine=torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
                torch=torch.__version__)
-    (a, _), (b, _) = run(cfg, True), run(cfg, True)
-    (c, _), (d, _) = run(cfg, False), run(cfg, False)
-    res['with_callback_bit_identical'] = weights_equal(a.model, b.model)
-    res['with_callback_records_equal'] = a.reproducible.record.batches.equals(b.reproducible.record.batches)
-    res['without_callback_differ'] = not weights_equal(c.model, d.model)
+    res['fp16_active'] = cuda # fastai's MixedPrecision uses autocast('cuda') and GradScaler('cuda')
+    ok = True
+    for name in args.scenarios:
+        (a, _), (b, _) = run(cfg, True, name), run(cfg, True, name)
+        (c, _), (d, _) = run(cfg, False, name), run(cfg, False, name)
+        r = res[name] = dict(with_callback_bit_identical=weights_equal(a.model, b.model),
+                             with_callback_records_equal=a.reproducible.record.batches.equals(b.reproducible.record.batches),
+                             without_callback_differ=not weights_equal(c.model, d.model))
+        ok = ok and all(r[k] for k in ('with_callback_bit_identical', 'with_callback_records_equal', 'without_callback_differ'))
+        print(name, json.dumps(r), flush=True)
     ratios = []
     for i in range(args.pairs):
         order = (True, False) if i % 2 else (False, True)
-        t = {cb: run(cfg, cb)[1] for cb in order}
+        t = {cb: run(cfg, cb, 'fp32')[1] for cb in order}
         ratios.append(t[True] / t[False])
     res['overhead_ratios'] = ratios
     res['overhead_median_ratio'] = statistics.median(ratios)
@@ -67,7 +80,6 @@ def main():
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, 'gpu_check.json'), 'w') as f: json.dump(res, f, indent=1)
-    ok = res['with_callback_bit_identical'] and res['with_callback_records_equal'] and res['without_callback_differ']
     return 0 if ok else 1
 
 if __name__ == '__main__': raise SystemExit(main())

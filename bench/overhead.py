@@ -6,7 +6,7 @@ batch (`isolate_data=False`); and the default (recording and data isolation). Re
 process's CPU time (less disturbed by other load on a shared machine), the median of the per-round ratios to the
 arm without the callback; a microbenchmark of the per-batch recording steps; and the record's size.
 
-    python bench/overhead.py [--rounds 5] [--n N]
+    python bench/overhead.py [--rounds 5] [--n N] [--arms seeding recording isolated]
 """
 import argparse, os, platform, statistics, sys, tempfile, time, timeit, warnings
 from pathlib import Path
@@ -40,6 +40,22 @@ def micro(learn, n=2000):
     return dict(fingerprints=us(lambda: (generator_fingerprints(learn.dls), step_fingerprints())),
                 inputs_digest=us(lambda: tensors_digest((xb,))), targets_digest=us(lambda: tensors_digest((yb,))))
 
+def data_passes(path, rounds=10):
+    "Seconds for one pass over the train and valid loaders, isolated or not, interleaved: the isolation's own cost"
+    from fastai_repro.seeding import fastai_loaders, isolate_loader, release_loader
+    dls, t = digits_dls(path, seed=21), {False: [], True: []}
+    def one(iso):
+        s = time.process_time()
+        for i, dl in enumerate(fastai_loaders(dls)):
+            if iso: isolate_loader(dl, (21, 0, 0, i))
+            for _ in dl: pass
+            if iso: release_loader(dl)
+        return time.process_time() - s
+    one(False); one(True)
+    for r in range(rounds):
+        for iso in ((False, True) if r % 2 else (True, False)): t[iso].append(one(iso))
+    return t
+
 def record_size(learn, tmp):
     rec = learn.reproducible.record
     p = rec.save(Path(tmp)/'run.jsonl')
@@ -53,17 +69,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--n', type=int, default=None, help='images (default: all 1797)')
+    ap.add_argument('--arms', nargs='+', choices=list(ARMS)[1:], default=list(ARMS)[1:], help='arms besides `none`')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     path = make_digits_folder(Path(tmp)/'digits', n=args.n)
-    arms = list(ARMS)
+    arms = ['none'] + args.arms
     fit_time(path, 'none') # warm-up
     times = {a: [] for a in arms}
     for r in range(args.rounds):
         for a in arms[r % len(arms):] + arms[:r % len(arms)]:
             t, learn = fit_time(path, a)
             times[a].append(t)
-            if a == 'recording': last = learn
+            if a != 'none': last = learn
         print(f'round {r}: ' + '  '.join(f'{a} {times[a][-1][0]:.2f}s' for a in arms), flush=True)
     ratio = lambda a, k: statistics.median(x[k] / y[k] for x, y in zip(times[a], times['none']))
     print(f'\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch '
@@ -72,6 +89,14 @@ def main():
           f"{statistics.median(t[1] for t in times['none']):.2f} s CPU ({args.rounds} rounds)")
     print('median ratio to no callback          wall     CPU')
     for a in arms[1:]: print(f'  {a:<34} {ratio(a, 0):.4f}  {ratio(a, 1):.4f}')
+    if {'recording', 'isolated'} <= set(arms): # the two differ only in `isolate_data`
+        iso = lambda k: statistics.median(x[k] / y[k] for x, y in zip(times['isolated'], times['recording']))
+        print(f"  {'isolated / recording (isolation alone)':<34} {iso(0):.4f}  {iso(1):.4f}")
+    t = data_passes(path)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    per_fit = (med[True] - med[False]) * 2 / statistics.median(x[1] for x in times['none']) # fine_tune(1): 2 epochs
+    print(f'one pass over train and valid, CPU s: {med[False]:.3f} plain, {med[True]:.3f} isolated, ratio '
+          f'{statistics.median(b / a for a, b in zip(t[False], t[True])):.4f}; added to fine_tune(1) (2 passes): {per_fit:+.2%}')
     for k, v in micro(last).items(): print(f'per batch, {k}: {v:.1f} us')
     for k, v in record_size(last, tmp).items(): print(f'record, {k}: {v:.0f}')
 

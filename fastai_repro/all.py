@@ -5,23 +5,23 @@
 # %% auto #0
 __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
            'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader',
-           'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'RunRecord', 'RecordError',
-           'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
+           'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed', 'RunRecord', 'RecordError',
+           'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'bare_model', 'arch_digest',
            'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence',
            'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
-    get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags)
+    get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags, distributed)
 from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
-    arch_digest, generator_fingerprints, environment, data_facts)
+    bare_model, arch_digest, generator_fingerprints, environment, data_facts)
 from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
 
 # %% ../nbs/06_all.ipynb #02441290
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
-         'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
-         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
+         'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
+         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'bare_model', 'arch_digest',
          'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
          'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']

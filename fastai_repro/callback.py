@@ -14,7 +14,7 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
-    isolate_loader, release_loader, finalize)
+    isolate_loader, release_loader, finalize, distributed)
 from .compare import INTENDED, compare
 from .record import (RunRecord, BATCH_KEYS, DIGEST_KEYS, torch_fingerprint, arch_digest,
     data_facts, environment, fit_call, jsonable, generator_fingerprints, step_fingerprints, tensors_digest, weights_digest)
@@ -132,6 +132,7 @@ class ReproducibleCallback(Callback):
             if self._ref is None and self.compare_previous and self.n_fit == 0: self._ref = _previous.get(self.seed)
             self.n_fit += 1
             self._guard(self._start_facts, sc)
+            self._check_ranks(sc)
             self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
 
@@ -141,8 +142,8 @@ class ReproducibleCallback(Callback):
         if not sc or sc.kind != 'train': return
         seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
         if self.isolate_data:
-            sc.isolated = fastai_loaders(self.dls)
-            for i, dl in enumerate(sc.isolated): isolate_loader(dl, (self.seed, sc.idx, self.epoch, i))
+            sc.isolated = fastai_loaders(self.dls, wrapped=True) # distributed: the `DistributedDL`s
+            for i, dl in enumerate(sc.isolated): isolate_loader(dl, (self.seed, sc.idx, self.epoch, i), rank=distributed()[0])
 
     def before_batch(self):
         sc = self._scope()
@@ -184,6 +185,20 @@ def _start_facts(self:ReproducibleCallback, sc:FitScope):
                     n_epoch=learn.n_epoch, hypers=jsonable(learn.opt.hypers), **data_facts(learn.dls),
                     architecture=arch_digest(learn.model), init_weights=weights_digest(learn.model))
     self.record.fits.append(sc.facts)
+
+@patch
+def _check_ranks(self:ReproducibleCallback, sc:FitScope):
+    "Distributed training: raise unless every rank starts this fit from the same weights"
+    rank, world = distributed()
+    if world < 2: return
+    mine = sc.facts['init_weights'] if sc.facts else weights_digest(self.learn.model)
+    every = [None] * world
+    torch.distributed.all_gather_object(every, mine)
+    if len(set(every)) > 1:
+        raise ReproducibilityError(
+            f'ReproducibleCallback: the {world} ranks start fit {sc.idx} from different weights (weight fingerprints by '
+            f'rank: {every}; this is rank {rank}). Seed every rank alike before the model is built: pass the same '
+            f'seed on every rank, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by rank')
 
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):
@@ -235,7 +250,8 @@ def _end_facts(self:ReproducibleCallback, sc:FitScope):
 def _save(self:ReproducibleCallback, sc:FitScope):
     if self.saved_as is not None: return self.record.save(self.saved_as)
     folder = Path(self.save_to); folder.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{self.seed}-pid{os.getpid()}"
+    rank, world = distributed()
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{self.seed}-pid{os.getpid()}" + (f'-rank{rank}' if world > 1 else '')
     for i in range(1000):
         try: self.saved_as = self.record.save(folder/f"{stem}{f'-{i}' if i else ''}.jsonl", overwrite=False); return
         except FileExistsError: pass

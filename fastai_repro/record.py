@@ -10,13 +10,13 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import patch
 from fastcore.foundation import L
-from .seeding import determinism_flags, fastai_loaders
+from .seeding import determinism_flags, distributed, fastai_loaders
 
 # %% auto #0
 __all__ = ['ENV_VARS', 'FIT_METHODS', 'FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'bytes_digest', 'mix', 'text_digest',
-           'position_weights', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
-           'torch_fingerprint', 'step_fingerprints', 'generator_fingerprints', 'environment', 'data_facts',
-           'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord']
+           'position_weights', 'tensor_digest', 'tensors_digest', 'bare_model', 'weights_digest', 'weights_equal',
+           'arch_digest', 'torch_fingerprint', 'step_fingerprints', 'py_fingerprint', 'generator_fingerprints',
+           'environment', 'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord']
 
 # %% ../nbs/01_record.ipynb #358f47fb
 def bytes_digest(b) -> int:
@@ -64,9 +64,13 @@ def tensors_digest(ts) -> torch.Tensor:
     return (ds * position_weights(len(ds), ds.device)).sum()
 
 # %% ../nbs/01_record.ipynb #bea83ea3
+def bare_model(m:nn.Module) -> nn.Module:
+    "`m` without a `DataParallel` or `DistributedDataParallel` wrapper, so that digests match across both"
+    return m.module if isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else m
+
 def weights_digest(m:nn.Module) -> int:
     "64-bit digest of every tensor of `m`'s `state_dict` (names, dtypes, shapes and values)"
-    sd = m.state_dict()
+    sd = bare_model(m).state_dict()
     if not sd: return mix()
     dev = next(iter(sd.values())).device
     ds = torch.stack([tensor_digest(t).to(dev) for t in sd.values()]).cpu().tolist() # one transfer
@@ -74,11 +78,12 @@ def weights_digest(m:nn.Module) -> int:
 
 def weights_equal(a:nn.Module, b:nn.Module) -> bool:
     "Whether `a` and `b` have the same `state_dict` keys and bit-identical tensors (`torch.equal`)"
-    sa, sb = a.state_dict(), b.state_dict()
+    sa, sb = bare_model(a).state_dict(), bare_model(b).state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 def arch_digest(m:nn.Module) -> int:
     "64-bit digest of `m`'s structure: its module tree and each tensor's name, shape and dtype"
+    m = bare_model(m)
     return text_digest(repr(m) + repr([(k, tuple(t.shape), str(t.dtype)) for k, t in m.state_dict().items()]))
 
 # %% ../nbs/01_record.ipynb #d0050b71
@@ -101,10 +106,15 @@ def step_fingerprints() -> dict:
     "Fingerprints of the generators the model itself draws from (torch CPU and CUDA), taken after each step"
     return {'rng_torch_step': torch_fingerprint(), **_cuda_fingerprints('_step')}
 
+def py_fingerprint(g:random.Random=random) -> int:
+    "Fingerprint of a Python generator, equal across processes (before Python 3.12 `hash(None)` is not, so no `None`)"
+    version, words, gauss = g.getstate()
+    return hash((version, words, gauss is None, gauss or 0.0))
+
 def generator_fingerprints(dls=None) -> dict:
     "A 64-bit fingerprint of the state of each generator: Python, NumPy, torch, each CUDA device, each loader's `rng`"
-    return {'rng_random': hash(random.getstate()), 'rng_numpy': _np_state(), 'rng_torch': torch_fingerprint(),
-            **_cuda_fingerprints(), **{f'rng_dl{i}': hash(dl.rng.getstate()) for i, dl in enumerate(fastai_loaders(dls))}}
+    return {'rng_random': py_fingerprint(), 'rng_numpy': _np_state(), 'rng_torch': torch_fingerprint(),
+            **_cuda_fingerprints(), **{f'rng_dl{i}': py_fingerprint(dl.rng) for i, dl in enumerate(fastai_loaders(dls))}}
 
 # %% ../nbs/01_record.ipynb #7bc9ba95
 ENV_VARS = ('PYTHONHASHSEED', 'CUBLAS_WORKSPACE_CONFIG', 'CUDA_VISIBLE_DEVICES', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS',
@@ -118,13 +128,26 @@ def environment() -> dict:
                 fastai=fastai.__version__, fastcore=fastcore.__version__, numpy=np.__version__,
                 cuda=torch.version.cuda if cuda else None, cudnn=torch.backends.cudnn.version() if cuda else None,
                 devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ['cpu'],
-                flags=determinism_flags(), env_vars={k: os.environ.get(k) for k in ENV_VARS})
+                flags=determinism_flags(), env_vars={k: os.environ.get(k) for k in ENV_VARS},
+                **_ranks())
+
+def _ranks() -> dict:
+    "This process's rank and the world size, in distributed training only"
+    rank, world = distributed()
+    return dict(rank=rank, world_size=world) if world > 1 else {}
 
 # %% ../nbs/01_record.ipynb #fd6eee0a
+def _cell_text(v) -> str:
+    "A table cell as text, in full (the `repr` of fastcore's `L` and of long arrays leaves items out)"
+    return repr(list(v)) if isinstance(v, (list, tuple, L, np.ndarray)) else repr(v)
+
 def _item_digests(ds, prefixes:tuple) -> np.ndarray:
     items = getattr(ds, 'items', None)
     if items is None: return np.array([text_digest(f'{type(ds).__name__}[{i}]') for i in range(len(ds))], dtype=np.int64)
-    if isinstance(items, pd.DataFrame): return pd.util.hash_pandas_object(items, index=True).values.view(np.int64)
+    if isinstance(items, pd.DataFrame):
+        try: return pd.util.hash_pandas_object(items, index=True).values.view(np.int64)
+        except TypeError: # cells pandas cannot hash, such as fastai's token lists: hash their full text
+            return pd.util.hash_pandas_object(items.map(_cell_text), index=True).values.view(np.int64)
     def key(o):
         s = str(o) if isinstance(o, Path) else _no_address(repr(o))
         return next((s[len(p):] for p in prefixes if s.startswith(p)), s)

@@ -4,15 +4,15 @@
 
 # %% ../nbs/00_seeding.ipynb #1fe881c9
 from __future__ import annotations
-import hashlib, os, random
+import hashlib, inspect, os, random
 from contextlib import contextmanager
 import numpy as np, torch
 
 # %% auto #0
 __all__ = ['SEED_RANGE', 'CUBLAS_ENV', 'ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'draw_seed', 'derive_seed',
-           'finalize', 'fastai_loaders', 'seed_generators', 'get_rng_state', 'set_rng_state', 'isolate_rng',
-           'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'set_determinism_flags',
-           'lock_determinism']
+           'finalize', 'fastai_loaders', 'distributed', 'seed_generators', 'get_rng_state', 'set_rng_state',
+           'isolate_rng', 'keyed_rng', 'broadcast_indices', 'isolate_loader', 'release_loader', 'determinism_flags',
+           'set_determinism_flags', 'lock_determinism']
 
 # %% ../nbs/00_seeding.ipynb #ec8c8d99
 class ReproducibilityWarning(UserWarning):
@@ -55,9 +55,20 @@ def finalize(x:int) -> int:
     return z - (1 << 64) if z >> 63 else z
 
 # %% ../nbs/00_seeding.ipynb #51614ba3
-def fastai_loaders(dls) -> list:
-    "The fastai `DataLoader`s of `dls` that own an `rng`: train, valid and any extra loader"
-    return [dl for dl in getattr(dls, 'loaders', []) if isinstance(getattr(dl, 'rng', None), random.Random)]
+def _unwrap(dl):
+    "The fastai loader inside a `DistributedDL` (fastai's distributed training wraps each loader in one), or `dl`"
+    inner = getattr(dl, '__dict__', {}).get('dl')
+    return inner if isinstance(getattr(inner, 'rng', None), random.Random) else dl
+
+def fastai_loaders(dls, wrapped:bool=False) -> list:
+    "The fastai `DataLoader`s of `dls` that own an `rng` (inside a `DistributedDL`: the inner one, or with `wrapped` the wrapper)"
+    return [dl if wrapped else _unwrap(dl) for dl in getattr(dls, 'loaders', [])
+            if isinstance(getattr(_unwrap(dl), 'rng', None), random.Random)]
+
+def distributed() -> tuple:
+    "(rank, world size) of this process in `torch.distributed`; (0, 1) outside distributed training"
+    d = torch.distributed
+    return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
 
 def _mps() -> bool: return hasattr(torch, 'mps') and torch.backends.mps.is_available()
 
@@ -144,17 +155,33 @@ class _KeyedBatch:
         i, dl._repro_batches = dl._repro_batches, dl._repro_batches + 1
         dev = next((t.device for t in (b if isinstance(b, (tuple, list)) else (b,)) if isinstance(t, torch.Tensor)), None)
         try:
-            with keyed_rng(derive_seed(*dl._repro_key, 'batch', i), device=dev): return super().__call__(b, *args, **kwargs)
+            with keyed_rng(derive_seed(*dl._repro_key, 'batch', i, *dl._repro_rank), device=dev): return super().__call__(b, *args, **kwargs)
         finally: _put_back(dl) # the items of this batch were made in this process: put back once a batch, not per item
 
 # %% ../nbs/00_seeding.ipynb #b59d366a
-def isolate_loader(dl, key:tuple):
-    "Key every random draw of the fastai `DataLoader` `dl` for one epoch to `key`, apart from the global streams"
+def _batch_pipeline(dl):
+    "`dl`'s `after_batch` `Pipeline`, or `None` (a plain `DataLoader` has a method there)"
     ab = getattr(dl, 'after_batch', None)
-    dl._repro_key, dl._repro_batches, dl._repro_items, dl._repro_saved = key, 0, derive_seed(*key, 'item'), None
+    return None if ab is None or inspect.ismethod(ab) else ab
+
+def broadcast_indices(t:list, rank:int) -> list:
+    "`DistributedDL._broadcast` for every backend: fastai's moves the indices to CUDA, which only NCCL needs (gloo fails)"
+    t = torch.tensor(t, dtype=torch.long)
+    if torch.distributed.get_backend() == 'nccl': t = t.cuda()
+    torch.distributed.broadcast(t, rank)
+    return t.cpu().tolist()
+
+def isolate_loader(dl, key:tuple, rank:int=0):
+    "Key every random draw of the fastai `DataLoader` `dl` for one epoch to `key` (and `rank`), apart from the global streams"
+    outer, dl = dl, _unwrap(dl) # a `DistributedDL` runs its own workers, but its inner loader's shuffle, items and batches
+    ab, rk = _batch_pipeline(dl), (('rank', rank),) if rank else ()
+    dl._repro_key, dl._repro_rank, dl._repro_batches, dl._repro_saved = key, rk, 0, None
+    dl._repro_items = derive_seed(*key, 'item')
     dl._repro_put_back_items = ab is None # with no batch pipeline to do it once a batch, put back after each item
     dl.rng.seed(derive_seed(*key, 'shuffle'))
-    if getattr(dl, 'fake_l', None) is not None: dl.fake_l.generator = torch.Generator().manual_seed(derive_seed(*key, 'workers'))
+    if getattr(outer, 'fake_l', None) is not None:
+        outer.fake_l.generator = torch.Generator().manual_seed(derive_seed(*key, 'workers', *rk))
+    if outer is not dl: outer._broadcast = broadcast_indices
     if not isinstance(dl.__dict__.get('do_item'), _KeyedItem): dl.do_item = _KeyedItem(dl)
     if ab is not None and not isinstance(ab, _KeyedBatch):
         ab._repro_dl = dl
@@ -162,12 +189,15 @@ def isolate_loader(dl, key:tuple):
 
 def release_loader(dl):
     "Undo `isolate_loader`"
+    outer, dl = dl, _unwrap(dl)
+    if getattr(outer, 'fake_l', None) is not None: outer.fake_l.__dict__.pop('generator', None)
+    outer.__dict__.pop('_broadcast', None)
     if isinstance(dl.__dict__.get('do_item'), _KeyedItem): del dl.do_item
-    if getattr(dl, 'fake_l', None) is not None: dl.fake_l.__dict__.pop('generator', None)
-    ab = getattr(dl, 'after_batch', None)
+    ab = _batch_pipeline(dl)
     if isinstance(ab, _KeyedBatch): ab.__class__ = type(ab).__mro__[2]
     _put_back(dl)
-    for k in ('_repro_key', '_repro_batches', '_repro_items', '_repro_saved', '_repro_put_back_items'): dl.__dict__.pop(k, None)
+    for k in ('_repro_key', '_repro_rank', '_repro_batches', '_repro_items', '_repro_saved', '_repro_put_back_items'):
+        dl.__dict__.pop(k, None)
 
 # %% ../nbs/00_seeding.ipynb #4c97482a
 CUBLAS_ENV = 'CUBLAS_WORKSPACE_CONFIG'

@@ -16,19 +16,20 @@ class Trace(Callback):
     "Keeps every training loss and every epoch's metrics row, to compare runs exactly"
     order = Recorder.order + 1
     def before_fit(self):
-        if not hasattr(self, 'losses'): self.losses, self.rows = [], []
+        if not hasattr(self, 'losses'): self.losses, self.rows, self.n_batches = [], [], 0
         self.on = fit_kind(self.learn) == 'train' # not lr_find, validate or get_preds
     def after_batch(self):
+        if self.on: self.n_batches += 1
         if self.on and self.training: self.losses.append(self.learn.loss.detach().clone())
     def after_epoch(self):
         if self.on: self.rows.append(list(self.recorder.values[-1]))
 
-def make_learner(dls, callback=True, seed=21, compare_previous=False, **kwargs):
-    "`cnn_learner(dls, resnet18, pretrained=False)` as in the pets notebook, with the callback or without"
-    cbs = [ReproducibleCallback(seed, compare_previous=compare_previous)] if callback else []
+def make_learner(dls, callback=True, seed=21, compare_previous=False, cbs=(), **kwargs):
+    "`cnn_learner(dls, resnet18, pretrained=False)` as in the pets notebook, with the callback or without; `cbs` added"
+    own = [ReproducibleCallback(seed, compare_previous=compare_previous)] if callback else []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        learn = cnn_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=cbs + [Trace()], **kwargs)
+        learn = cnn_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=own + [Trace()] + list(cbs), **kwargs)
     learn.path = dls.path
     return learn
 

@@ -1,0 +1,37 @@
+"""One rank of a distributed run on the CPU: the pets notebook's learner trained under `learn.distrib_ctx()`.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distrib_job.py DATA OUT MODE
+
+MODE is `callback` (with `ReproducibleCallback(21)`, records saved per rank into OUT/records), `plain` (no callback,
+an unseeded process) or `skewed` (with the callback, but rank 1 alters its model before the fit: the callback must
+refuse to train). Each rank writes its final weights and training losses into OUT; a refused fit writes the error.
+"""
+import os, sys
+from pathlib import Path
+import torch
+import fastai.distributed  # noqa: F401  (Learner.distrib_ctx)
+from fastai.distributed import DistributedDL
+from fastai_repro.all import ReproducibilityError, digits_dls
+from fastai_repro.seeding import broadcast_indices
+from helpers import SIZE, make_learner
+
+data, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+rank = int(os.environ['RANK'])
+dls = digits_dls(data, seed=21, size=SIZE)
+if mode == 'plain':
+    torch.manual_seed(int.from_bytes(os.urandom(4), 'little')) # RandomSplitter(seed=21) fixed torch
+    # fastai's DistributedDL broadcasts the shuffled indices from a CUDA tensor, which gloo cannot; the callback
+    # swaps in a broadcast that works on every backend, and so must a run without it on the CPU
+    DistributedDL._broadcast = lambda self, t, rank: broadcast_indices(t, rank)
+learn = make_learner(dls, callback=mode != 'plain')
+if mode != 'plain': learn.reproducible.save_to = out/'records'
+if mode == 'skewed' and rank == 1:
+    with torch.no_grad(): next(learn.model.parameters()).add_(1)
+try:
+    # gloo on the CPU: no CUDA, and SyncBatchNorm needs a GPU
+    with learn.no_bar(), learn.no_logging(), learn.distrib_ctx(sync_bn=False, cpu=True): learn.fit_one_cycle(1)
+except ReproducibilityError as e:
+    (out/f'error-rank{rank}.txt').write_text(str(e))
+    sys.exit(3)
+torch.save(learn.model.state_dict(), out/f'weights-rank{rank}.pth')
+torch.save(torch.stack(learn.trace.losses).as_subclass(torch.Tensor), out/f'losses-rank{rank}.pth')
