@@ -8,7 +8,7 @@ arm without the callback; a microbenchmark of the per-batch recording steps; and
 
     python bench/overhead.py [--rounds 5] [--n N] [--arms seeding recording isolated]
 """
-import argparse, os, platform, statistics, sys, tempfile, time, timeit, warnings
+import argparse, functools, os, platform, statistics, sys, tempfile, time, timeit, warnings
 from pathlib import Path
 import torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune)
@@ -21,9 +21,9 @@ from fastai_repro.record import step_fingerprints
 ARMS = {'none': None, 'seeding': dict(every=0, isolate_data=False), 'recording': dict(isolate_data=False),
         'isolated': dict()}
 
-def fit_time(path, arm):
+def fit_time(path, arm, seed=21):
     dls = digits_dls(path, seed=21)
-    cbs = [] if arm == 'none' else [ReproducibleCallback(21, **ARMS[arm])]
+    cbs = [] if arm == 'none' else [ReproducibleCallback(seed, **ARMS[arm])]
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         learn = vision_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=cbs)
@@ -40,21 +40,39 @@ def micro(learn, n=2000):
     return dict(fingerprints=us(lambda: (generator_fingerprints(learn.dls), step_fingerprints())),
                 inputs_digest=us(lambda: tensors_digest((xb,))), targets_digest=us(lambda: tensors_digest((yb,))))
 
-def data_passes(path, rounds=10):
-    "Seconds for one pass over the train and valid loaders, isolated or not, interleaved: the isolation's own cost"
-    from fastai_repro.seeding import fastai_loaders, isolate_loader, release_loader
-    dls, t = digits_dls(path, seed=21), {False: [], True: []}
-    def one(iso):
-        s = time.process_time()
-        for i, dl in enumerate(fastai_loaders(dls)):
-            if iso: isolate_loader(dl, (21, 0, 0, i))
-            for _ in dl: pass
-            if iso: release_loader(dl)
-        return time.process_time() - s
-    one(False); one(True)
-    for r in range(rounds):
-        for iso in ((False, True) if r % 2 else (True, False)): t[iso].append(one(iso))
-    return t
+def timed(f, acc:dict, key:str, when=None):
+    "`f`, adding the seconds each call takes (where `when(*args)`) to `acc[key]`"
+    @functools.wraps(f)
+    def _f(*args, **kwargs):
+        if when is not None and not when(*args): return f(*args, **kwargs)
+        t = time.perf_counter()
+        try: return f(*args, **kwargs)
+        finally: acc[key] += time.perf_counter() - t
+    return _f
+
+def isolation_cost(path, seed=21):
+    """Seconds the data isolation's own code takes inside one default `fine_tune(1)`: time in the keyed wrappers of
+    `do_item` and of the `after_batch` pipeline, less the time in what they wrap (the timers' own cost counts as
+    isolation, so this errs high). Free of the round-to-round noise and of which augmentations the keys happen to pick"""
+    from fastai.data.load import DataLoader
+    from fasttransform import Pipeline
+    from fastai_repro import seeding
+    acc = dict.fromkeys(('item', 'item_inner', 'batch', 'batch_inner', 'epoch'), 0.)
+    saved = dict(item=seeding._KeyedItem.__call__, item_inner=DataLoader.do_item, batch=seeding._KeyedBatch.__call__,
+                 batch_inner=Pipeline.__call__, isolate=seeding.isolate_loader, release=seeding.release_loader)
+    owners = dict(item=seeding._KeyedItem, item_inner=DataLoader, batch=seeding._KeyedBatch, batch_inner=Pipeline)
+    when = dict(item_inner=lambda dl, *_: '_repro_key' in dl.__dict__, # items of an isolated loader only
+                batch_inner=lambda p, *_: isinstance(p, seeding._KeyedBatch)) # the batch pipeline, not the items'
+    for k, o in owners.items(): setattr(o, saved[k].__name__, timed(saved[k], acc, k, when.get(k)))
+    from fastai_repro import callback
+    callback.isolate_loader, callback.release_loader = timed(saved['isolate'], acc, 'epoch'), timed(saved['release'], acc, 'epoch')
+    try: (t, c), _ = fit_time(path, 'isolated', seed)
+    finally:
+        for k, o in owners.items(): setattr(o, saved[k].__name__, saved[k])
+        callback.isolate_loader, callback.release_loader = saved['isolate'], saved['release']
+    cost = acc['item'] - acc['item_inner'] + acc['batch'] - acc['batch_inner'] + acc['epoch']
+    return dict(fit_s=t, items_s=acc['item'] - acc['item_inner'], batches_s=acc['batch'] - acc['batch_inner'],
+                epochs_s=acc['epoch'], share=cost / t)
 
 def record_size(learn, tmp):
     rec = learn.reproducible.record
@@ -75,12 +93,12 @@ def main():
     path = make_digits_folder(Path(tmp)/'digits', n=args.n)
     arms = ['none'] + args.arms
     fit_time(path, 'none') # warm-up
-    times = {a: [] for a in arms}
+    times, last = {a: [] for a in arms}, None
     for r in range(args.rounds):
         for a in arms[r % len(arms):] + arms[:r % len(arms)]:
-            t, learn = fit_time(path, a)
+            t, learn = fit_time(path, a, seed=21 + r) # a new seed each round: other augmentations, in every arm alike
             times[a].append(t)
-            if a != 'none': last = learn
+            if ARMS[a] and ARMS[a].get('every', 1): last = learn # a learner with a batch record
         print(f'round {r}: ' + '  '.join(f'{a} {times[a][-1][0]:.2f}s' for a in arms), flush=True)
     ratio = lambda a, k: statistics.median(x[k] / y[k] for x, y in zip(times[a], times['none']))
     print(f'\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch '
@@ -92,11 +110,11 @@ def main():
     if {'recording', 'isolated'} <= set(arms): # the two differ only in `isolate_data`
         iso = lambda k: statistics.median(x[k] / y[k] for x, y in zip(times['isolated'], times['recording']))
         print(f"  {'isolated / recording (isolation alone)':<34} {iso(0):.4f}  {iso(1):.4f}")
-    t = data_passes(path)
-    med = {k: statistics.median(v) for k, v in t.items()}
-    per_fit = (med[True] - med[False]) * 2 / statistics.median(x[1] for x in times['none']) # fine_tune(1): 2 epochs
-    print(f'one pass over train and valid, CPU s: {med[False]:.3f} plain, {med[True]:.3f} isolated, ratio '
-          f'{statistics.median(b / a for a, b in zip(t[False], t[True])):.4f}; added to fine_tune(1) (2 passes): {per_fit:+.2%}')
+    if 'isolated' in arms:
+        costs = [isolation_cost(path, 21 + r) for r in range(3)]
+        for c in costs: print('isolation measured inside the fit: ' + ', '.join(
+            f'{k} {v:.2%}' if k == 'share' else f'{k} {v:.3f}' for k, v in c.items()))
+    if last is None: return
     for k, v in micro(last).items(): print(f'per batch, {k}: {v:.1f} us')
     for k, v in record_size(last, tmp).items(): print(f'record, {k}: {v:.0f}')
 

@@ -116,7 +116,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_repro.record._set_digest': ('record.html#_set_digest', 'fastai_repro/record.py'),
                                      'fastai_repro.record._words': ('record.html#_words', 'fastai_repro/record.py'),
                                      'fastai_repro.record.arch_digest': ('record.html#arch_digest', 'fastai_repro/record.py'),
-                                     'fastai_repro.record.bare_model': ('record.html#bare_model', 'fastai_repro/record.py'),
                                      'fastai_repro.record.bytes_digest': ('record.html#bytes_digest', 'fastai_repro/record.py'),
                                      'fastai_repro.record.data_facts': ('record.html#data_facts', 'fastai_repro/record.py'),
                                      'fastai_repro.record.dataloader_settings': ( 'record.html#dataloader_settings',

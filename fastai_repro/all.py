@@ -6,7 +6,7 @@
 __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
            'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader',
            'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed', 'RunRecord', 'RecordError',
-           'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'bare_model', 'arch_digest',
+           'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
            'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence',
            'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
 
@@ -14,7 +14,7 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
     get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags, distributed)
 from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
-    bare_model, arch_digest, generator_fingerprints, environment, data_facts)
+    arch_digest, generator_fingerprints, environment, data_facts)
 from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
@@ -22,6 +22,6 @@ from .data import make_digits_folder, digits_dls, is_upper
 # %% ../nbs/06_all.ipynb #02441290
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
          'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
-         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'bare_model', 'arch_digest',
+         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
          'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
          'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']

@@ -131,8 +131,8 @@ class ReproducibleCallback(Callback):
         if kind == 'train':
             if self._ref is None and self.compare_previous and self.n_fit == 0: self._ref = _previous.get(self.seed)
             self.n_fit += 1
+            self._check_ranks(sc) # first: every rank must reach the collective
             self._guard(self._start_facts, sc)
-            self._check_ranks(sc)
             self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
 
@@ -143,7 +143,7 @@ class ReproducibleCallback(Callback):
         seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
         if self.isolate_data:
             sc.isolated = fastai_loaders(self.dls, wrapped=True) # distributed: the `DistributedDL`s
-            for i, dl in enumerate(sc.isolated): isolate_loader(dl, (self.seed, sc.idx, self.epoch, i), rank=distributed()[0])
+            for i, dl in enumerate(sc.isolated): isolate_loader(dl, (self.seed, sc.idx, self.epoch, i))
 
     def before_batch(self):
         sc = self._scope()
@@ -188,17 +188,16 @@ def _start_facts(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _check_ranks(self:ReproducibleCallback, sc:FitScope):
-    "Distributed training: raise unless every rank starts this fit from the same weights"
+    "Distributed training (fastai's `DistributedTrainer`): raise unless every rank starts this fit from the same weights"
     rank, world = distributed()
-    if world < 2: return
-    mine = sc.facts['init_weights'] if sc.facts else weights_digest(self.learn.model)
-    every = [None] * world
+    if world < 2 or not hasattr(self.learn, 'distributed_trainer'): return
+    mine, every = weights_digest(self.learn.model), [None] * world
     torch.distributed.all_gather_object(every, mine)
     if len(set(every)) > 1:
         raise ReproducibilityError(
             f'ReproducibleCallback: the {world} ranks start fit {sc.idx} from different weights (weight fingerprints by '
             f'rank: {every}; this is rank {rank}). Seed every rank alike before the model is built: pass the same '
-            f'seed on every rank, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by rank')
+            f'seed on every rank, e.g. vision_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by rank')
 
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):

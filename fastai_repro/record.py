@@ -10,13 +10,14 @@ import numpy as np, pandas as pd, torch
 from torch import nn
 from fastcore.basics import patch
 from fastcore.foundation import L
+from fastai.torch_core import get_model # `model` without a (Distributed)DataParallel wrapper
 from .seeding import determinism_flags, distributed, fastai_loaders
 
 # %% auto #0
 __all__ = ['ENV_VARS', 'FIT_METHODS', 'FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'bytes_digest', 'mix', 'text_digest',
-           'position_weights', 'tensor_digest', 'tensors_digest', 'bare_model', 'weights_digest', 'weights_equal',
-           'arch_digest', 'torch_fingerprint', 'step_fingerprints', 'py_fingerprint', 'generator_fingerprints',
-           'environment', 'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord']
+           'position_weights', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
+           'torch_fingerprint', 'step_fingerprints', 'py_fingerprint', 'generator_fingerprints', 'environment',
+           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord']
 
 # %% ../nbs/01_record.ipynb #358f47fb
 def bytes_digest(b) -> int:
@@ -64,13 +65,9 @@ def tensors_digest(ts) -> torch.Tensor:
     return (ds * position_weights(len(ds), ds.device)).sum()
 
 # %% ../nbs/01_record.ipynb #bea83ea3
-def bare_model(m:nn.Module) -> nn.Module:
-    "`m` without a `DataParallel` or `DistributedDataParallel` wrapper, so that digests match across both"
-    return m.module if isinstance(m, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else m
-
 def weights_digest(m:nn.Module) -> int:
     "64-bit digest of every tensor of `m`'s `state_dict` (names, dtypes, shapes and values)"
-    sd = bare_model(m).state_dict()
+    sd = get_model(m).state_dict()
     if not sd: return mix()
     dev = next(iter(sd.values())).device
     ds = torch.stack([tensor_digest(t).to(dev) for t in sd.values()]).cpu().tolist() # one transfer
@@ -78,12 +75,12 @@ def weights_digest(m:nn.Module) -> int:
 
 def weights_equal(a:nn.Module, b:nn.Module) -> bool:
     "Whether `a` and `b` have the same `state_dict` keys and bit-identical tensors (`torch.equal`)"
-    sa, sb = bare_model(a).state_dict(), bare_model(b).state_dict()
+    sa, sb = get_model(a).state_dict(), get_model(b).state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 def arch_digest(m:nn.Module) -> int:
     "64-bit digest of `m`'s structure: its module tree and each tensor's name, shape and dtype"
-    m = bare_model(m)
+    m = get_model(m)
     return text_digest(repr(m) + repr([(k, tuple(t.shape), str(t.dtype)) for k, t in m.state_dict().items()]))
 
 # %% ../nbs/01_record.ipynb #d0050b71
@@ -106,7 +103,7 @@ def step_fingerprints() -> dict:
     "Fingerprints of the generators the model itself draws from (torch CPU and CUDA), taken after each step"
     return {'rng_torch_step': torch_fingerprint(), **_cuda_fingerprints('_step')}
 
-def py_fingerprint(g:random.Random=random) -> int:
+def py_fingerprint(g=random) -> int: # the `random` module, or a `random.Random`
     "Fingerprint of a Python generator, equal across processes (before Python 3.12 `hash(None)` is not, so no `None`)"
     version, words, gauss = g.getstate()
     return hash((version, words, gauss is None, gauss or 0.0))

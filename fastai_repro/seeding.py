@@ -4,9 +4,10 @@
 
 # %% ../nbs/00_seeding.ipynb #1fe881c9
 from __future__ import annotations
-import hashlib, inspect, os, random
+import hashlib, os, random
 from contextlib import contextmanager
 import numpy as np, torch
+from fasttransform import Pipeline
 
 # %% auto #0
 __all__ = ['SEED_RANGE', 'CUBLAS_ENV', 'ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'draw_seed', 'derive_seed',
@@ -162,7 +163,7 @@ class _KeyedBatch:
 def _batch_pipeline(dl):
     "`dl`'s `after_batch` `Pipeline`, or `None` (a plain `DataLoader` has a method there)"
     ab = getattr(dl, 'after_batch', None)
-    return None if ab is None or inspect.ismethod(ab) else ab
+    return ab if isinstance(ab, Pipeline) else None
 
 def broadcast_indices(t:list, rank:int) -> list:
     "`DistributedDL._broadcast` for every backend: fastai's moves the indices to CUDA, which only NCCL needs (gloo fails)"
@@ -171,9 +172,10 @@ def broadcast_indices(t:list, rank:int) -> list:
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
-def isolate_loader(dl, key:tuple, rank:int=0):
-    "Key every random draw of the fastai `DataLoader` `dl` for one epoch to `key` (and `rank`), apart from the global streams"
+def isolate_loader(dl, key:tuple):
+    "Key every random draw of the fastai `DataLoader` `dl` for one epoch to `key`, apart from the global streams"
     outer, dl = dl, _unwrap(dl) # a `DistributedDL` runs its own workers, but its inner loader's shuffle, items and batches
+    rank = outer.__dict__.get('rank', 0) if outer is not dl else 0 # the rank whose shard the wrapper cuts
     ab, rk = _batch_pipeline(dl), (('rank', rank),) if rank else ()
     dl._repro_key, dl._repro_rank, dl._repro_batches, dl._repro_saved = key, rk, 0, None
     dl._repro_items = derive_seed(*key, 'item')
@@ -194,7 +196,9 @@ def release_loader(dl):
     outer.__dict__.pop('_broadcast', None)
     if isinstance(dl.__dict__.get('do_item'), _KeyedItem): del dl.do_item
     ab = _batch_pipeline(dl)
-    if isinstance(ab, _KeyedBatch): ab.__class__ = type(ab).__mro__[2]
+    if isinstance(ab, _KeyedBatch):
+        ab.__class__ = type(ab).__mro__[2]
+        ab.__dict__.pop('_repro_dl', None)
     _put_back(dl)
     for k in ('_repro_key', '_repro_rank', '_repro_batches', '_repro_items', '_repro_saved', '_repro_put_back_items'):
         dl.__dict__.pop(k, None)

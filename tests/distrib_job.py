@@ -32,6 +32,7 @@ try:
     with learn.no_bar(), learn.no_logging(), learn.distrib_ctx(sync_bn=False, cpu=True): learn.fit_one_cycle(1)
 except ReproducibilityError as e:
     (out/f'error-rank{rank}.txt').write_text(str(e))
+    torch.distributed.barrier() # every rank has written its error before any exits (torchrun stops the rest then)
     sys.exit(3)
 torch.save(learn.model.state_dict(), out/f'weights-rank{rank}.pth')
 torch.save(torch.stack(learn.trace.losses).as_subclass(torch.Tensor), out/f'losses-rank{rank}.pth')

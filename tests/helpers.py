@@ -24,12 +24,16 @@ class Trace(Callback):
     def after_epoch(self):
         if self.on: self.rows.append(list(self.recorder.values[-1]))
 
+def repro_cbs(callback=True, seed=21, compare_previous=False) -> list:
+    "`ReproducibleCallback(seed)` (or not) and a `Trace`"
+    return ([ReproducibleCallback(seed, compare_previous=compare_previous)] if callback else []) + [Trace()]
+
 def make_learner(dls, callback=True, seed=21, compare_previous=False, cbs=(), **kwargs):
     "`cnn_learner(dls, resnet18, pretrained=False)` as in the pets notebook, with the callback or without; `cbs` added"
-    own = [ReproducibleCallback(seed, compare_previous=compare_previous)] if callback else []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        learn = cnn_learner(dls, resnet18, pretrained=False, metrics=error_rate, cbs=own + [Trace()] + list(cbs), **kwargs)
+        learn = cnn_learner(dls, resnet18, pretrained=False, metrics=error_rate,
+                            cbs=repro_cbs(callback, seed, compare_previous) + list(cbs), **kwargs)
     learn.path = dls.path
     return learn
 

@@ -1,7 +1,7 @@
 """Issue 6: distributed training with fastai's `learn.distrib_ctx()` (Accelerate), 2 processes on the CPU with gloo,
 launched by torchrun. Two runs with the callback are bit-identical rank by rank, each rank keeps its own record;
 two runs without it differ; ranks that start from different weights are refused with a clear error."""
-import os, subprocess, sys
+import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from fastai_repro.all import RunRecord, compare
@@ -9,9 +9,16 @@ from fastai_repro.all import RunRecord, compare
 JOB = Path(__file__).parent/'distrib_job.py'
 
 def launch(data, out:Path, mode:str) -> subprocess.CompletedProcess:
+    "Run `distrib_job.py` on 2 CPU processes; on a timeout, kill the launcher and its workers"
     out.mkdir(parents=True)
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(JOB), str(data), str(out), mode]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    try: stdout, stderr = p.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)
 
 @pytest.fixture(scope='module')
 def runs(digits, tmp_path_factory):
@@ -43,7 +50,8 @@ def test_without_the_callback_runs_differ(runs):
 def test_each_rank_keeps_its_own_record(runs):
     ra, rb = records(runs/'a'), records(runs/'b')
     assert [r.fits[0]['env']['rank'] for r in ra] == [0, 1] and ra[0].fits[0]['env']['world_size'] == 2
-    assert all(sorted(p.name for p in (runs/'a'/'records').glob('*.jsonl'))[i].endswith(f'-rank{i}.jsonl') for i in (0, 1))
+    files = {RunRecord.load(p).fits[0]['env']['rank']: p.name for p in (runs/'a'/'records').glob('*.jsonl')}
+    assert sorted(files) == [0, 1] and all(name.endswith(f'-rank{r}.jsonl') for r, name in files.items())
     for x, y in zip(ra, rb): assert compare(x, y).same
     # DDP keeps the ranks' weights equal, but each rank saw its own shard of every batch
     assert ra[0].fits[0]['final_weights'] == ra[1].fits[0]['final_weights']
