@@ -63,8 +63,8 @@ def _unwrap(dl):
 
 def fastai_loaders(dls, wrapped:bool=False) -> list:
     "The fastai `DataLoader`s of `dls` that own an `rng` (inside a `DistributedDL`: the inner one, or with `wrapped` the wrapper)"
-    return [dl if wrapped else _unwrap(dl) for dl in getattr(dls, 'loaders', [])
-            if isinstance(getattr(_unwrap(dl), 'rng', None), random.Random)]
+    pairs = [(dl, _unwrap(dl)) for dl in getattr(dls, 'loaders', [])]
+    return [dl if wrapped else inner for dl, inner in pairs if isinstance(getattr(inner, 'rng', None), random.Random)]
 
 def distributed() -> tuple:
     "(rank, world size) of this process in `torch.distributed`; (0, 1) outside distributed training"

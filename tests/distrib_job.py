@@ -13,13 +13,13 @@ import fastai.distributed  # noqa: F401  (Learner.distrib_ctx)
 from fastai.distributed import DistributedDL
 from fastai_repro.all import ReproducibilityError, digits_dls
 from fastai_repro.seeding import broadcast_indices
-from helpers import SIZE, make_learner
+from helpers import SIZE, make_learner, scramble
 
 data, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 rank = int(os.environ['RANK'])
 dls = digits_dls(data, seed=21, size=SIZE)
 if mode == 'plain':
-    torch.manual_seed(int.from_bytes(os.urandom(4), 'little')) # RandomSplitter(seed=21) fixed torch
+    scramble() # RandomSplitter(seed=21) fixed torch
     # fastai's DistributedDL broadcasts the shuffled indices from a CUDA tensor, which gloo cannot; the callback
     # swaps in a broadcast that works on every backend, and so must a run without it on the CPU
     DistributedDL._broadcast = lambda self, t, rank: broadcast_indices(t, rank)

@@ -1,6 +1,6 @@
 "Shared pieces of the end-to-end tests: a small real data set and one training run of the pets notebook"
-import warnings
-import torch
+import os, random, warnings
+import numpy as np, torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune, lr_find)
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
@@ -23,6 +23,11 @@ class Trace(Callback):
         if self.on and self.training: self.losses.append(self.learn.loss.detach().clone())
     def after_epoch(self):
         if self.on: self.rows.append(list(self.recorder.values[-1]))
+
+def scramble():
+    "Fresh OS entropy in Python's, NumPy's and torch's global generators: what an unseeded process would hold"
+    seed = int.from_bytes(os.urandom(4), 'little')
+    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
 def repro_cbs(callback=True, seed=21, compare_previous=False) -> list:
     "`ReproducibleCallback(seed)` (or not) and a `Trace`"

@@ -3,7 +3,7 @@
 Every scenario runs four times: twice with `ReproducibleCallback` (every `state_dict` tensor, loss and metric
 bit-identical; the records equal, one row per batch, surviving a save and load) and twice without it (they differ).
 """
-import os, random, warnings
+import random, warnings
 from contextlib import nullcontext
 import numpy as np, pandas as pd, pytest, torch
 import fastai.callback.fp16  # noqa: F401  (Learner.to_fp16)
@@ -19,12 +19,7 @@ from fastai.tabular.all import TabularPandas, tabular_learner, tabular_config, N
 from fastai.text.all import TextDataLoaders, text_classifier_learner, AWD_LSTM, awd_lstm_clas_config
 from sklearn.datasets import load_breast_cancer
 from fastai_repro.all import ReproducibilityWarning, RunRecord, compare
-from helpers import make_learner, assert_same, same_run, repro_cbs
-
-def scramble():
-    "Fresh entropy in every global generator: what an unseeded user's process would hold"
-    seed = int.from_bytes(os.urandom(4), 'little')
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+from helpers import make_learner, assert_same, same_run, repro_cbs, scramble
 
 def check(build, train, tmp_path, bar=False):
     "Two runs with the callback bit-identical with equal, intact records; two runs without it differ"
