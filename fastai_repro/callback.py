@@ -4,9 +4,9 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, time, warnings, weakref
+import os, re, sys, sysconfig, time, warnings, weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import wraps
 from pathlib import Path
 import torch
 from fastcore.basics import patch, store_attr
@@ -18,17 +18,18 @@ from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, 
 from .compare import INTENDED, compare
 from .record import (RunRecord, BATCH_KEYS, DIGEST_KEYS, torch_fingerprint, arch_digest,
     data_facts, environment, fit_call, jsonable, generator_fingerprints, step_fingerprints, tensors_digest, weights_digest)
+from .fastai_patches import entries, on_fit_exit
 
 # %% auto #0
-__all__ = ['fit_kind', 'FitScope', 'ReproducibleCallback']
+__all__ = ['PREVIOUS_KEPT', 'fit_kind', 'FitScope', 'creation_site', 'ReproducibleCallback']
 
 # %% ../nbs/03_callback.ipynb #3adc4ca9
-def fit_kind(learn:Learner) -> str:
-    "What the current `before_fit` starts: 'lr_find', 'inference' (`validate`, `get_preds`) or 'train'"
-    if hasattr(learn, 'lr_finder'): return 'lr_find'
-    lock = getattr(learn, 'lock', None)
-    if hasattr(learn, 'gather_preds') or (lock is not None and lock.locked()): return 'inference'
-    return 'train'
+def fit_kind(learn:Learner) -> str|None:
+    "What the current `before_fit` starts: 'train' (`Learner.fit`), 'lr_find', 'inference', or `None` (fired by hand)"
+    kinds = entries(learn)
+    if not kinds: return None # events fired by hand: the callback stays out of them
+    if kinds[-1] != 'fit': return 'inference' # `get_preds`, `predict`, `tta`, `summary`, `with learn:`...
+    return 'lr_find' if 'lr_find' in kinds or hasattr(learn, 'lr_finder') else 'train'
 
 # %% ../nbs/03_callback.ipynb #d66a5212
 _open_scopes:list = [] # every `FitScope` whose fit has not ended, oldest first
@@ -44,36 +45,59 @@ class FitScope:
     rows:list = field(default_factory=list) # batch rows whose digests are still on the device
     row:dict|None = None # the row of the batch under way
     isolated:list = field(default_factory=list) # loaders whose randomness is keyed (`isolate_data`)
+    end:dict|None = None # how a cancelled fit ended (`after_cancel_fit`)
 
 # %% ../nbs/03_callback.ipynb #152ef0c3
-def _close_scopes(learn, raising:bool):
-    "Close every scope `learn`'s fit left open; while the fit's own exception is on its way, close errors only warn"
+def _close_scopes(learn, exc:BaseException|None):
+    "Close every scope `learn`'s fit left open; while the fit's own exception `exc` is on its way, close errors only warn"
     err = None
     for sc in [s for s in _open_scopes if s.learn is learn][::-1]:
-        try: sc.cb._close(sc)
+        try: sc.cb._close(sc, exc)
         except Exception as e:
-            if raising: warnings.warn(f'ReproducibleCallback: while closing a failed fit: {e}', ReproducibilityWarning)
+            if exc is not None: warnings.warn(f'ReproducibleCallback: while closing a failed fit: {e}', ReproducibilityWarning)
             else: err = err or e
     if err is not None: raise err
 
-def _closing_fit(fit):
-    @wraps(fit)
-    def _fit(self, *args, **kwargs):
-        try: res = fit(self, *args, **kwargs)
-        except BaseException:
-            _close_scopes(self, raising=True)
-            raise
-        _close_scopes(self, raising=False)
-        return res
-    _fit.closes_scopes = True
-    return _fit
+on_fit_exit(_close_scopes)
 
-if not getattr(Learner.fit, 'closes_scopes', False): Learner.fit = _closing_fit(Learner.fit)
+# %% ../nbs/03_callback.ipynb #90d3d4f0
+_LIBRARY = tuple({sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')} |
+                 {os.path.dirname(derive_seed.__code__.co_filename), os.path.dirname(os.__file__)})
+
+def creation_site(depth:int=1) -> tuple:
+    "The user code calling this: (file, line) of each frame on the stack outside Python's library and packages"
+    site, f = [], sys._getframe(depth)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_LIBRARY) and not fn.startswith('<frozen'):
+            site.append((re.sub(r'^<ipython-input-\d+-', '<ipython-input-', fn), f.f_lineno))
+        f = f.f_back
+    return tuple(site)
+
+# %% ../nbs/03_callback.ipynb #4262cdbe
+def _check_flag(name:str, v):
+    "Raise unless `v` is `True` or `False`"
+    if not isinstance(v, bool): raise ValueError(f'{name} must be True or False, got {v!r}')
+
+def _check_count(name:str, v, fix:str):
+    "Raise unless `v` is an `int` >= 0 (not a `bool`)"
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ValueError(f'{name} must be an int >= 0, got {v!r}; {fix}')
+
+def _check_folder(save_to):
+    "Raise unless `save_to` is a folder, or can be made one, that this process can write to"
+    if not isinstance(save_to, (str, os.PathLike)): raise ValueError(f"save_to must be a folder's path, got {save_to!r}")
+    p = Path(save_to)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"save_to={str(p)!r} is a file: records are saved into a folder, one file per run; pass a "
+                         f"folder, e.g. save_to='runs/'")
+    up = next(q for q in (p, *p.absolute().parents) if q.exists())
+    if not up.is_dir() or not os.access(up, os.W_OK | os.X_OK):
+        raise ValueError(f'save_to={str(p)!r}: cannot write in {str(up)!r}; pass a folder this process can write to')
 
 # %% ../nbs/03_callback.ipynb #ae239e0e
 class ReproducibleCallback(Callback):
     "Bit-reproducible fastai training: seeds every generator per fit, isolates `lr_find`, locks determinism, records"
-    order = TrainEvalCallback.order-1
+    order,isolates_entries = TrainEvalCallback.order-1,True # `isolates_entries`: see `fastai_patches`
     def __init__(self,
         seed:int|None=None, # In [0, 2**32); `None` draws one from OS entropy, kept in `self.seed`
         strict:bool=False, # Raise on kernels with no deterministic implementation and on recorder problems
@@ -81,40 +105,52 @@ class ReproducibleCallback(Callback):
         every:int=1, # Record every `every`-th batch (train and valid); 0 records no batch
         save_to:str|Path|None=None, # Folder where the record is saved at the end of every fit
         reference:RunRecord|str|Path|None=None, # A run to compare with while training; warns at the first divergence
-        compare_previous:bool=True, # Without `reference`, compare with the previous run of this process with this seed
+        compare_previous:bool=True, # Without `reference`, compare with the previous run of this experiment (same code)
         isolate_data:bool=True, # Key the data's randomness to (seed, fit, epoch, index), apart from the model's draws
         first_fit:int=0, # Training fits already run: resuming the second fit of `fine_tune` in a new process takes 1
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
-        if not isinstance(every, int) or every < 0: raise ValueError(f"every must be an int >= 0, got {every!r}; 0 turns batch records off")
+        for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data'): _check_flag(name, locals()[name])
+        _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
+        _check_count('first_fit', first_fit, 'the number of training fits already run, e.g. 1 for the second of fine_tune')
+        if save_to is not None: _check_folder(save_to)
+        if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
+            raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
         store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data')
         self.n_fit,self._restored = first_fit,False # `n_fit`: training fits so far
         self._init_state()
+        self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
         if reference is not None: self._ref = reference if isinstance(reference, RunRecord) else RunRecord.load(reference)
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
-    _stateattrs = ('record','saved_as','_ref','_learner','_checked')
+    _stateattrs = ('record','saved_as','_ref','_learner','_checked','_key')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
-        self._state,self.record,self.saved_as,self._ref,self._learner,self._checked = {},RunRecord(),None,None,None,False
+        self._state,self.record,self.saved_as,self._ref,self._learner,self._checked,self._key = {},RunRecord(),None,None,None,False,None
 
     def __setstate__(self, state):
         "Unpickled with an exported learner: its model was built by the original run, not after this copy"
         super().__setstate__(state)
         self._restored = True
 
+    def __setattr__(self, name, value):
+        "Refuse to join a second learner while the first one holds this callback"
+        if name == 'learn' and value is not None: self._check_one_learner(value)
+        super().__setattr__(name, value)
+
     def after_create(self):
         "At `Learner` creation: warn if the model was built before this callback seeded"
         self._attach(creating=True)
-        if torch_fingerprint() == self._seeded:
+        if torch_fingerprint() == self._seeded and any(True for _ in self.learn.model.parameters()):
             self._event('attached_after_model', 'the model was built before ReproducibleCallback seeded, so its initial '
                         'weights were not covered; create the callback in the call that builds the model, e.g. '
                         'cnn_learner(dls, arch, cbs=ReproducibleCallback(21))')
 
     def before_fit(self):
-        if self._learner is None or self._learner() is not self.learn: self._attach()
         kind = fit_kind(self.learn)
+        if kind is None: return # fired by hand: nothing seeded, nothing locked, nothing to put back
+        if self._learner is None or self._learner() is not self.learn: self._attach()
         sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit))
         if self.deterministic:
             sc.flags = lock_determinism(self.strict)
@@ -129,7 +165,7 @@ class ReproducibleCallback(Callback):
         _open_scopes.append(sc)
         seed_generators(sc.seed, self.dls)
         if kind == 'train':
-            if self._ref is None and self.compare_previous and self.n_fit == 0: self._ref = _previous.get(self.seed)
+            if self._ref is None and self.compare_previous and self.n_fit == 0: self._ref = _previous.get(self._key)
             self.n_fit += 1
             self._check_ranks(sc) # first: every rank must reach the collective
             self._guard(self._start_facts, sc)
@@ -149,6 +185,11 @@ class ReproducibleCallback(Callback):
         sc = self._scope()
         if sc and sc.facts is not None and self.every and self.iter % self.every == 0: self._guard(self._start_row, sc)
 
+    def after_cancel_batch(self):
+        "A callback cancelled this batch (`CancelBatchException`): its row says so, and gets no loss of another batch"
+        sc = self._scope()
+        if sc and sc.row is not None: sc.row['cancelled'] = True
+
     def after_batch(self):
         sc = self._scope()
         if sc and sc.row is not None: self._guard(self._end_row, sc)
@@ -156,6 +197,13 @@ class ReproducibleCallback(Callback):
     def after_epoch(self):
         sc = self._scope()
         if sc and sc.facts is not None: self._guard(self._flush, sc)
+
+    def after_cancel_fit(self):
+        "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
+        sc = self._scope()
+        if not sc or sc.kind != 'train': return
+        sc.end = _stopped(sc.learn, 'cancelled', 'CancelFitException')
+        if sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
 
     def after_fit(self):
         "Restore the flags; after an isolated fit, every generator and the gradients too; keep and save the record"
@@ -207,6 +255,7 @@ def _start_row(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _end_row(self:ReproducibleCallback, sc:FitScope):
+    if sc.row.get('cancelled'): sc.row = None; return # no loss and no step: `learn.loss` is another batch's
     loss = self.learn.loss
     sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())
     sc.row = None
@@ -236,11 +285,22 @@ def _flush(self:ReproducibleCallback, sc:FitScope):
     self._live_check(rows)
 
 # %% ../nbs/03_callback.ipynb #9ac9eb7b
+def _stopped(learn, status:str, reason:str|None=None) -> dict:
+    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, and where it stopped"
+    if status == 'completed': return dict(status=status)
+    return dict(status=status, reason=reason, epoch=getattr(learn, 'epoch', None),
+                phase='train' if getattr(learn, 'training', False) else 'valid', iter=getattr(learn, 'iter', None))
+
+def _ending(learn, exc:BaseException|None) -> dict:
+    "How a fit that returned (`exc` None) or raised `exc` ended"
+    if exc is None: return _stopped(learn, 'completed')
+    return _stopped(learn, 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'error', f'{type(exc).__name__}: {exc}'[:200])
+
 @patch
 def _end_facts(self:ReproducibleCallback, sc:FitScope):
     self._flush(sc)
-    rec = getattr(self.learn, 'recorder', None)
-    sc.facts['final_weights'] = weights_digest(self.learn.model)
+    rec = getattr(sc.learn, 'recorder', None) # `self.learn` is gone when the callback was passed to `fit(cbs=...)`
+    sc.facts['final_weights'] = weights_digest(sc.learn.model)
     names = [n for n in getattr(rec, 'metric_names', []) if n not in ('epoch', 'time')]
     sc.facts['metrics'] = dict(names=names, values=jsonable(getattr(rec, 'values', [])))
     self._live_check() # the final weights too
@@ -257,23 +317,37 @@ def _save(self:ReproducibleCallback, sc:FitScope):
     raise FileExistsError(f'{folder}: 1000 records named {stem}* exist already; pass another save_to folder')
 
 @patch
-def _close(self:ReproducibleCallback, sc:FitScope):
-    "Undo what the fit changed and finish its record; idempotent"
+def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
+    "Undo what the fit changed, the determinism flags first whatever else fails, and finish its record; idempotent"
     if sc not in _open_scopes: return
     _open_scopes.remove(sc)
+    errs = []
+    def attempt(f, *args):
+        try: f(*args)
+        except Exception as e: errs.append(e)
+    if sc.flags is not None: attempt(set_determinism_flags, sc.flags)
     for p in sc.grads: p.grad = None
-    for dl in sc.isolated: release_loader(dl)
-    if sc.rng is not None: set_rng_state(sc.rng, sc.learn.dls)
-    if sc.flags is not None: set_determinism_flags(sc.flags)
-    try:
-        if sc.facts is not None: self._guard(self._end_facts, sc)
-    finally: # a strict divergence raised above: the record is kept and saved all the same
-        if sc.kind == 'train':
-            _previous[self.seed] = self.record
-            if self.save_to is not None: self._guard(self._save, sc)
+    for dl in sc.isolated: attempt(release_loader, dl)
+    if sc.rng is not None: attempt(set_rng_state, sc.rng, sc.learn.dls)
+    if sc.facts is not None:
+        sc.facts['end'] = sc.end or _ending(sc.learn, exc)
+        if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
+        attempt(self._guard, self._end_facts, sc) # a strict divergence raises: the record is kept and saved all the same
+    if sc.kind == 'train':
+        if sc.facts is not None and sc.facts['end']['status'] == 'completed': _remember(self._key, self.record)
+        if self.save_to is not None: attempt(self._guard, self._save, sc)
+    if errs: raise errs[0]
+
 
 # %% ../nbs/03_callback.ipynb #13a13941
-_previous:dict = {} # seed -> record of the latest run of this process with that seed
+_previous:OrderedDict = OrderedDict() # (seed, creation site) -> record of the latest complete run of that experiment
+PREVIOUS_KEPT = 8 # experiments whose latest record is kept for `compare_previous`
+
+def _remember(key:tuple, record:RunRecord):
+    "Keep `record` as the latest run of experiment `key`; forget the oldest experiments beyond `PREVIOUS_KEPT`"
+    _previous[key] = record
+    _previous.move_to_end(key)
+    while len(_previous) > PREVIOUS_KEPT: _previous.popitem(last=False)
 
 @patch
 def _event(self:ReproducibleCallback, name:str, msg:str, **kw):
@@ -283,11 +357,20 @@ def _event(self:ReproducibleCallback, name:str, msg:str, **kw):
     warnings.warn(f'ReproducibleCallback: {msg}', ReproducibilityWarning, stacklevel=2)
 
 @patch
+def _check_one_learner(self:ReproducibleCallback, learn):
+    "Raise if this callback still serves another learner: one callback per learner"
+    old = self.__dict__.get('learn')
+    if old is not None and old is not learn and any(cb is self for cb in getattr(old, 'cbs', ())):
+        raise ValueError('one ReproducibleCallback per learner: this one already serves another Learner, whose fit '
+                         'counter, seed stream and record it holds; create a new ReproducibleCallback(seed) for each '
+                         'learner, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21)) in each call')
+
+@patch
 def _attach(self:ReproducibleCallback, creating:bool=False):
     "Note the learner this callback serves; warn if it served another one, or joined after the model was built"
     if self._learner is not None:
-        self._event('reused_callback', 'one ReproducibleCallback is used by a second learner: its fit counter, seed '
-                    'stream and record go on from the first; create a new ReproducibleCallback(seed) for each learner')
+        self._event('reused_callback', 'this ReproducibleCallback moved to a second learner (removed from the first): its '
+                    'fit counter, seed stream and record go on from the first; create a new ReproducibleCallback(seed) for each learner')
     elif not creating and not self._restored:
         self._event('attached_after_model', 'ReproducibleCallback was attached after the model was built (add_cb or '
                     'fit(cbs=...)): its initial weights were not covered; pass it in the call that builds the learner')
@@ -316,7 +399,7 @@ def _live_check(self:ReproducibleCallback, rows:list|None=None):
     c = compare(self._ref, self.record, partial=True)
     if c.same: return
     self._checked = True # one report per run; an intended change explains every later difference
-    accidents = [x for x in c.causes if x not in INTENDED]
+    accidents = [x for x in c.causes if x not in INTENDED and x != 'interrupted'] # a stop is no divergence
     if not accidents: return
     where = f' (first at {c.first_divergence})' if c.first_divergence else ''
     self._event('divergence', f'this run differs from the reference run{where}: ' +

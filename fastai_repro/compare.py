@@ -10,7 +10,7 @@ from .record import RunRecord, BATCH_KEYS, DIGEST_KEYS
 
 # %% auto #0
 __all__ = ['FACTS', 'INTENDED', 'FIXES', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs', 'first_divergence',
-           'Comparison', 'compare', 'plot_divergence']
+           'Comparison', 'interruption', 'compare', 'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
 FACTS = {'env': ('env',), 'seed': ('seed', 'fit_seed'), 'items': ('items',), 'split': ('split',),
@@ -64,12 +64,14 @@ def _where(r) -> str: return f'fit {int(r.fit)}, epoch {int(r.epoch)}, {r.phase}
 
 
 def batch_columns(df:pd.DataFrame) -> list:
-    "The columns of a batch table that are compared: generators, then inputs, targets, loss"
-    return [c for c in df.columns if c.startswith('rng_')] + [c for c in DIGEST_KEYS if c in df.columns]
+    "The columns of a batch table that are compared: generators, then inputs, targets, loss, and whether it was cancelled"
+    return [c for c in df.columns if c.startswith('rng_')] + [c for c in DIGEST_KEYS + ('cancelled',) if c in df.columns]
 
 def batch_diffs(a:RunRecord, b:RunRecord) -> tuple:
     "The batches both runs recorded, joined (in `a`'s order), and a column of booleans per compared column: differs"
     da, db = a.batches, b.batches
+    if 'cancelled' in da.columns or 'cancelled' in db.columns: # a run with no cancelled batch has no such column
+        for df in (da, db): df['cancelled'] = df['cancelled'] if 'cancelled' in df.columns else None
     cols = [c for c in batch_columns(da) if c in db.columns]
     if da.empty or db.empty or not cols: return None, None
     j = da.merge(db, on=list(BATCH_KEYS), how='inner', suffixes=('_a', '_b'), sort=False)
@@ -106,6 +108,7 @@ FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by 
           'pipeline changed (file contents, transforms)',
   'nondeterminism': 'the generators and the batch are identical at {where} but the loss differs: non-deterministic '
                     'computation; {detail}',
+  'interrupted': '{detail}: the runs are compared up to there; re-run the fit to its end to compare the rest',
   'final_weights': 'every recorded batch matches but the final weights differ: the model changed after the last '
                    'recorded batch, or batches were not recorded (every=0)',
 }
@@ -121,6 +124,7 @@ def _flags_note(a:RunRecord, b:RunRecord) -> str:
             'strict=True makes them errors) or an outside source of entropy (os.urandom, time, threads) is at work')
 
 def _batch_cause(fd:Divergence) -> tuple:
+    if 'cancelled' in fd.components: return 'interrupted', f'{_where(fd)} was cancelled (CancelBatchException) in one run only'
     rng = [c[4:].replace('_step', ' (during the batch)') for c in fd.components if c.startswith('rng_')]
     if rng: return 'rng', ', '.join(rng)
     data = [c for c in fd.components if c in ('inputs', 'targets')]
@@ -152,12 +156,39 @@ class Comparison:
         return f'**{head}**\n\n| component | | detail |\n|---|---|---|\n{rows}\n\n{fixes}'
     def __str__(self): return self.report()
 
+# %% ../nbs/02_compare.ipynb #863ab86a
+def _at(stop:dict) -> tuple:
+    "Where a fit stopped as a sort key of its batches: (epoch, 0 train / 1 valid, iter); unknown parts sort first"
+    def known(v): return -1 if v is None else v
+    return known(stop.get('epoch')), 0 if stop.get('phase') == 'train' else 1, known(stop.get('iter'))
+
+def interruption(a:RunRecord, b:RunRecord) -> tuple|None:
+    "The first fit whose end differs between `a` and `b`: (fit, where the first stopped, description), or `None`"
+    for i, (fa, fb) in enumerate(zip(a.fits, b.fits)):
+        ends = {'a': fa.get('end'), 'b': fb.get('end')}
+        if None in ends.values() or ends['a'] == ends['b']: continue # a run under way, or an older record
+        stops = {n: e for n, e in ends.items() if e.get('status') != 'completed'}
+        desc = '; '.join(f"run {n} stopped at fit {i}, epoch {e.get('epoch')}, {e.get('phase')} batch {e.get('iter')} "
+                         f"({e['status']}: {e.get('reason')})" for n, e in stops.items())
+        if len(stops) == 1: desc += f" while run {'ab'[next(iter(stops)) == 'a']} completed it"
+        return i, min(_at(e) for e in stops.values()), desc
+    return None
+
+def _before(rec:RunRecord, fit:int, at:tuple) -> RunRecord:
+    "`rec` up to where fit `fit` stopped (`at`): earlier fits, that fit's starting facts and its batches before `at`"
+    f, e, ph, it = (rec.columns.index(k) for k in BATCH_KEYS)
+    rows = [r for r in rec.rows if r[f] < fit or (r[f] == fit and (r[e], 0 if r[ph] == 'train' else 1, r[it]) < at)]
+    last = {k: v for k, v in rec.fits[fit].items() if k not in ('final_weights', 'metrics', 'end')}
+    return RunRecord(rec.fits[:fit] + [last], rows, rec.events, rec.columns)
+
 # %% ../nbs/02_compare.ipynb #f27f2963
 def _load(r) -> RunRecord: return r if isinstance(r, RunRecord) else RunRecord.load(r)
 
 def compare(a, b, partial:bool=False) -> Comparison:
     "Compare two runs (`RunRecord`s or paths); `partial`: `b` is a run still under way, compare what it has so far"
     a, b = _load(a), _load(b)
+    stop = interruption(a, b)
+    if stop: a, b = _before(a, *stop[:2]), _before(b, *stop[:2])
     facts = _fact_diffs(a.fits, b.fits, partial)
     j, d = diffs = batch_diffs(a, b)
     fd = first_divergence(a, b, diffs)
@@ -168,6 +199,8 @@ def compare(a, b, partial:bool=False) -> Comparison:
         comps[g] = bad is None or not bad.any()
         if not comps[g]: details[g] = 'from ' + _where(j.loc[bad.idxmax()])
     comps['final_weights'] = 'final_weights' not in facts
+    comps['end'] = stop is None and 'cancelled' not in (fd.components if fd else [])
+    if stop: details['end'] = stop[2]
     causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
     if set(causes) & {'env', 'seed', 'architecture'}: causes = [c for c in causes if c != 'init_weights'] # downstream
     if 'items' in causes: causes = [c for c in causes if c != 'split'] # other items make another split
@@ -175,6 +208,7 @@ def compare(a, b, partial:bool=False) -> Comparison:
         cause, detail = _batch_cause(fd)
         causes, why[cause] = [cause], detail if cause != 'nondeterminism' else _flags_note(a, b)
     if not causes and 'final_weights' in facts: causes = ['final_weights']
+    if stop and 'interrupted' not in causes: causes, why['interrupted'] = causes + ['interrupted'], stop[2]
     fixes = {c: FIXES[c].format(detail=why.get(c), where=fd) for c in causes}
     return Comparison(not causes, causes, fd, comps, details, fixes)
 

@@ -17,7 +17,7 @@ from .seeding import determinism_flags, distributed, fastai_loaders
 __all__ = ['ENV_VARS', 'FIT_METHODS', 'FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'bytes_digest', 'mix', 'text_digest',
            'position_weights', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
            'torch_fingerprint', 'step_fingerprints', 'py_fingerprint', 'generator_fingerprints', 'environment',
-           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord']
+           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'RecordError', 'RunRecord', 'new_file_mode']
 
 # %% ../nbs/01_record.ipynb #358f47fb
 def bytes_digest(b) -> int:
@@ -235,6 +235,13 @@ def _create_new(tmp:Path, path:Path):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.replace(tmp, path)
 
+def new_file_mode() -> int:
+    "The mode a new file gets from `open` here: 0o666 less the umask (read from Linux's /proc, else set and put back)"
+    try:
+        with open('/proc/self/status') as f: umask = next(int(l.split()[1], 8) for l in f if l.startswith('Umask:'))
+    except (OSError, StopIteration, ValueError): umask = os.umask(0o22); os.umask(umask)
+    return 0o666 & ~umask
+
 def _lines(rec:RunRecord):
     yield {'format': FORMAT, 'version': VERSION, 'columns': rec.columns}
     for f in rec.fits: yield {'fit': f}
@@ -249,6 +256,7 @@ def save(self:RunRecord, path, overwrite:bool=True) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.chmod(tmp, new_file_mode()) # `mkstemp` makes it 0600: give it the mode any other new file gets
         with os.fdopen(fd, 'w') as f:
             for o in _lines(self): f.write(json.dumps(o, separators=(',', ':'), allow_nan=True) + '\n')
             f.flush(); os.fsync(f.fileno())

@@ -62,9 +62,13 @@ def _unwrap(dl):
     return inner if isinstance(getattr(inner, 'rng', None), random.Random) else dl
 
 def fastai_loaders(dls, wrapped:bool=False) -> list:
-    "The fastai `DataLoader`s of `dls` that own an `rng` (inside a `DistributedDL`: the inner one, or with `wrapped` the wrapper)"
-    pairs = [(dl, _unwrap(dl)) for dl in getattr(dls, 'loaders', [])]
-    return [dl if wrapped else inner for dl, inner in pairs if isinstance(getattr(inner, 'rng', None), random.Random)]
+    "The fastai `DataLoader`s of `dls` that own an `rng`, each once (in a `DistributedDL`: the inner one, or the wrapper)"
+    res, seen = [], set()
+    for dl in getattr(dls, 'loaders', []):
+        inner = _unwrap(dl)
+        if isinstance(getattr(inner, 'rng', None), random.Random) and id(inner) not in seen: # `DataLoaders(dl, dl)`
+            seen.add(id(inner)); res.append(dl if wrapped else inner)
+    return res
 
 def distributed() -> tuple:
     "(rank, world size) of this process in `torch.distributed`; (0, 1) outside distributed training"
@@ -190,8 +194,9 @@ def isolate_loader(dl, key:tuple):
         ab.__class__ = type(f'Keyed{type(ab).__name__}', (_KeyedBatch, type(ab)), {})
 
 def release_loader(dl):
-    "Undo `isolate_loader`"
+    "Undo `isolate_loader`; a loader not isolated (or released already) is left as it is"
     outer, dl = dl, _unwrap(dl)
+    if '_repro_key' not in dl.__dict__: return
     if getattr(outer, 'fake_l', None) is not None: outer.fake_l.__dict__.pop('generator', None)
     outer.__dict__.pop('_broadcast', None)
     if isinstance(dl.__dict__.get('do_item'), _KeyedItem): del dl.do_item

@@ -135,22 +135,19 @@ def test_live_reference_warns_once_and_strict_stops(saved, new_dls):
     with pytest.raises(ReproducibilityError, match='train batch 5'): fit1(learn)
     assert len(learn.reproducible.record.rows) == 6 # stopped there: batches 0..5
 
-def test_previous_run_with_same_seed_is_compared(new_dls):
-    fit1(quiet_learner(new_dls(), compare_previous=True))
-    learn = quiet_learner(new_dls(), compare_previous=True)
-    learn.add_cb(ExtraDraw())
-    with pytest.warns(ReproducibilityWarning, match='reference run'): fit1(learn)
-    learn = quiet_learner(new_dls(), compare_previous=False)
-    learn.add_cb(ExtraDraw())
+def test_rerun_of_the_same_experiment_is_compared(new_dls):
+    "The same code run again (a loop here; a notebook cell run twice) is compared with its previous run"
+    def run(extra, compare_previous=True):
+        learn = quiet_learner(new_dls(), compare_previous=compare_previous)
+        if extra: learn.add_cb(ExtraDraw())
+        return fit1(learn)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter('always')
+        for extra in (False, True): run(extra)
+    assert [w for w in ws if issubclass(w.category, ReproducibilityWarning) and 'reference run' in str(w.message)]
     with warnings.catch_warnings():
         warnings.simplefilter('error', ReproducibilityWarning)
-        fit1(learn)
-
-def test_reused_callback_warns(new_dls):
-    cb = ReproducibleCallback(21)
-    Learner(new_dls(), small_model(), loss_func=CrossEntropyLossFlat(), cbs=cb)
-    with pytest.warns(ReproducibilityWarning, match='second learner'):
-        Learner(new_dls(), small_model(), loss_func=CrossEntropyLossFlat(), cbs=cb)
+        for extra in (False, True): run(extra, compare_previous=False)
 
 def test_cli_diff_exit_codes(saved, tmp_path, capsys):
     assert main(['diff', str(saved), str(saved)]) == 0
