@@ -4,11 +4,11 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, re, sys, sysconfig, time, warnings, weakref
+import os, re, site, sys, sysconfig, time, warnings, weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-import torch
+import numpy as np, torch
 from fastcore.basics import patch, store_attr
 from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
@@ -18,7 +18,7 @@ from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, 
 from .compare import INTENDED, compare
 from .record import (RunRecord, BATCH_KEYS, DIGEST_KEYS, torch_fingerprint, arch_digest,
     data_facts, environment, fit_call, jsonable, generator_fingerprints, step_fingerprints, tensors_digest, weights_digest)
-from .fastai_patches import entries, on_fit_exit
+from .fastai_patches import current_entries, entries, on_entry_exit
 
 # %% auto #0
 __all__ = ['PREVIOUS_KEPT', 'fit_kind', 'FitScope', 'creation_site', 'ReproducibleCallback']
@@ -46,23 +46,29 @@ class FitScope:
     row:dict|None = None # the row of the batch under way
     isolated:list = field(default_factory=list) # loaders whose randomness is keyed (`isolate_data`)
     end:dict|None = None # how a cancelled fit ended (`after_cancel_fit`)
+    entry:list|None = None # the fastai entry point (`fastai_patches`) this fit runs in
+    at:tuple|None = None # (epoch, training, iter) of the latest batch begun
+    done:bool = False # whether that batch finished
+    prev_loss:object = None # `learn.loss` before that batch: still there if it was cancelled before its loss
 
 # %% ../nbs/03_callback.ipynb #152ef0c3
-def _close_scopes(learn, exc:BaseException|None):
-    "Close every scope `learn`'s fit left open; while the fit's own exception `exc` is on its way, close errors only warn"
+def _close_scopes(learn, entry:list, exc:BaseException|None):
+    "Close the scopes opened in fastai entry point `entry` and left open; while its exception `exc` is on its way, warn"
     err = None
-    for sc in [s for s in _open_scopes if s.learn is learn][::-1]:
+    for sc in [s for s in _open_scopes if s.learn is learn and s.entry is entry][::-1]:
         try: sc.cb._close(sc, exc)
         except Exception as e:
-            if exc is not None: warnings.warn(f'ReproducibleCallback: while closing a failed fit: {e}', ReproducibilityWarning)
-            else: err = err or e
+            if exc is None: err = err or e
+            else: warnings.warn(f'ReproducibleCallback: while closing a failed fit: {e}', ReproducibilityWarning)
     if err is not None: raise err
 
-on_fit_exit(_close_scopes)
-
 # %% ../nbs/03_callback.ipynb #90d3d4f0
-_LIBRARY = tuple({sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')} |
-                 {os.path.dirname(derive_seed.__code__.co_filename), os.path.dirname(os.__file__)})
+def _library() -> tuple:
+    "The folders of Python's library, of installed packages and of this package, each ending in a separator"
+    dirs = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')} | set(site.getsitepackages())
+    dirs |= {site.getusersitepackages(), os.path.dirname(derive_seed.__code__.co_filename), os.path.dirname(os.__file__)}
+    return tuple(os.path.join(d, '') for d in dirs)
+_LIBRARY = _library()
 
 def creation_site(depth:int=1) -> tuple:
     "The user code calling this: (file, line) of each frame on the stack outside Python's library and packages"
@@ -79,9 +85,11 @@ def _check_flag(name:str, v):
     "Raise unless `v` is `True` or `False`"
     if not isinstance(v, bool): raise ValueError(f'{name} must be True or False, got {v!r}')
 
-def _check_count(name:str, v, fix:str):
-    "Raise unless `v` is an `int` >= 0 (not a `bool`)"
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ValueError(f'{name} must be an int >= 0, got {v!r}; {fix}')
+def _check_count(name:str, v, fix:str) -> int:
+    "`v` as an `int`; raise unless it is an integer >= 0 (not a `bool`)"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ValueError(f'{name} must be an int >= 0, got {v!r}; {fix}')
+    return int(v)
 
 def _check_folder(save_to):
     "Raise unless `save_to` is a folder, or can be made one, that this process can write to"
@@ -111,8 +119,8 @@ class ReproducibleCallback(Callback):
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
         for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data'): _check_flag(name, locals()[name])
-        _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
-        _check_count('first_fit', first_fit, 'the number of training fits already run, e.g. 1 for the second of fine_tune')
+        every = _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
+        first_fit = _check_count('first_fit', first_fit, 'the training fits already run, e.g. 1 for the second of fine_tune')
         if save_to is not None: _check_folder(save_to)
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
@@ -121,13 +129,15 @@ class ReproducibleCallback(Callback):
         self._init_state()
         self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
         if reference is not None: self._ref = reference if isinstance(reference, RunRecord) else RunRecord.load(reference)
+        on_entry_exit(_close_scopes) # closes what a fit or an inference call that raised left open
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
     _stateattrs = ('record','saved_as','_ref','_learner','_checked','_key')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
-        self._state,self.record,self.saved_as,self._ref,self._learner,self._checked,self._key = {},RunRecord(),None,None,None,False,None
+        self._state,self.record,self.saved_as,self._ref,self._learner,self._checked = {},RunRecord(),None,None,None,False
+        self._key = None # the experiment (`compare_previous`): none for a callback loaded with an exported learner
 
     def __setstate__(self, state):
         "Unpickled with an exported learner: its model was built by the original run, not after this copy"
@@ -152,6 +162,7 @@ class ReproducibleCallback(Callback):
         if kind is None: return # fired by hand: nothing seeded, nothing locked, nothing to put back
         if self._learner is None or self._learner() is not self.learn: self._attach()
         sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit))
+        sc.entry = current_entries(self.learn)[-1]
         if self.deterministic:
             sc.flags = lock_determinism(self.strict)
             if sc.flags[CUBLAS_ENV] is None and torch.cuda.is_initialized() and not self._state.get('cublas_warned'):
@@ -165,7 +176,8 @@ class ReproducibleCallback(Callback):
         _open_scopes.append(sc)
         seed_generators(sc.seed, self.dls)
         if kind == 'train':
-            if self._ref is None and self.compare_previous and self.n_fit == 0: self._ref = _previous.get(self._key)
+            if self._ref is None and self.compare_previous and self.n_fit == 0 and self._key:
+                self._ref = _previous.get(self._key)
             self.n_fit += 1
             self._check_ranks(sc) # first: every rank must reach the collective
             self._guard(self._start_facts, sc)
@@ -183,16 +195,21 @@ class ReproducibleCallback(Callback):
 
     def before_batch(self):
         sc = self._scope()
-        if sc and sc.facts is not None and self.every and self.iter % self.every == 0: self._guard(self._start_row, sc)
+        if not sc: return
+        learn = self.learn
+        sc.at,sc.done,sc.prev_loss = (learn.epoch, learn.training, learn.iter),False,learn.loss
+        if sc.facts is not None and self.every and learn.iter % self.every == 0: self._guard(self._start_row, sc)
 
     def after_cancel_batch(self):
-        "A callback cancelled this batch (`CancelBatchException`): its row says so, and gets no loss of another batch"
+        "A callback cancelled this batch (`CancelBatchException`): its row says so, and keeps no other batch's loss"
         sc = self._scope()
         if sc and sc.row is not None: sc.row['cancelled'] = True
 
     def after_batch(self):
         sc = self._scope()
-        if sc and sc.row is not None: self._guard(self._end_row, sc)
+        if not sc: return
+        sc.done = True
+        if sc.row is not None: self._guard(self._end_row, sc)
 
     def after_epoch(self):
         sc = self._scope()
@@ -202,7 +219,7 @@ class ReproducibleCallback(Callback):
         "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
         sc = self._scope()
         if not sc or sc.kind != 'train': return
-        sc.end = _stopped(sc.learn, 'cancelled', 'CancelFitException')
+        sc.end = _stopped(sc, 'cancelled', 'CancelFitException')
         if sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
 
     def after_fit(self):
@@ -255,8 +272,8 @@ def _start_row(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _end_row(self:ReproducibleCallback, sc:FitScope):
-    if sc.row.get('cancelled'): sc.row = None; return # no loss and no step: `learn.loss` is another batch's
     loss = self.learn.loss
+    if sc.row.get('cancelled') and loss is sc.prev_loss: loss = None # cancelled before its loss: the last batch's
     sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())
     sc.row = None
     # with a reference on the CPU, check every batch: there is no device to synchronise with
@@ -285,16 +302,18 @@ def _flush(self:ReproducibleCallback, sc:FitScope):
     self._live_check(rows)
 
 # %% ../nbs/03_callback.ipynb #9ac9eb7b
-def _stopped(learn, status:str, reason:str|None=None) -> dict:
-    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, and where it stopped"
+def _stopped(sc:FitScope, status:str, reason:str|None=None) -> dict:
+    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, and the first batch not finished"
     if status == 'completed': return dict(status=status)
-    return dict(status=status, reason=reason, epoch=getattr(learn, 'epoch', None),
-                phase='train' if getattr(learn, 'training', False) else 'valid', iter=getattr(learn, 'iter', None))
+    if sc.at is None: return dict(status=status, reason=reason, epoch=None, phase=None, iter=None) # before any batch
+    epoch, training, it = sc.at
+    return dict(status=status, reason=reason, epoch=epoch, phase='train' if training else 'valid', iter=it + sc.done)
 
-def _ending(learn, exc:BaseException|None) -> dict:
+def _ending(sc:FitScope, exc:BaseException|None) -> dict:
     "How a fit that returned (`exc` None) or raised `exc` ended"
-    if exc is None: return _stopped(learn, 'completed')
-    return _stopped(learn, 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'error', f'{type(exc).__name__}: {exc}'[:200])
+    if exc is None: return _stopped(sc, 'completed')
+    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'error'
+    return _stopped(sc, status, f'{type(exc).__name__}: {exc}'[:200])
 
 @patch
 def _end_facts(self:ReproducibleCallback, sc:FitScope):
@@ -323,6 +342,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
     _open_scopes.remove(sc)
     errs = []
     def attempt(f, *args):
+        "Run one step of the close; keep its error and go on with the next"
         try: f(*args)
         except Exception as e: errs.append(e)
     if sc.flags is not None: attempt(set_determinism_flags, sc.flags)
@@ -330,13 +350,15 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
     for dl in sc.isolated: attempt(release_loader, dl)
     if sc.rng is not None: attempt(set_rng_state, sc.rng, sc.learn.dls)
     if sc.facts is not None:
-        sc.facts['end'] = sc.end or _ending(sc.learn, exc)
+        sc.facts['end'] = sc.end or _ending(sc, exc)
         if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
         attempt(self._guard, self._end_facts, sc) # a strict divergence raises: the record is kept and saved all the same
     if sc.kind == 'train':
-        if sc.facts is not None and sc.facts['end']['status'] == 'completed': _remember(self._key, self.record)
+        if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
+            _remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)
-    if errs: raise errs[0]
+    if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
+    for e in errs: warnings.warn(f'ReproducibleCallback: closing a fit: {type(e).__name__}: {e}', ReproducibilityWarning)
 
 
 # %% ../nbs/03_callback.ipynb #13a13941
@@ -369,8 +391,9 @@ def _check_one_learner(self:ReproducibleCallback, learn):
 def _attach(self:ReproducibleCallback, creating:bool=False):
     "Note the learner this callback serves; warn if it served another one, or joined after the model was built"
     if self._learner is not None:
-        self._event('reused_callback', 'this ReproducibleCallback moved to a second learner (removed from the first): its '
-                    'fit counter, seed stream and record go on from the first; create a new ReproducibleCallback(seed) for each learner')
+        self._event('reused_callback', 'this ReproducibleCallback moved to a second learner (removed from the first): '
+                    'its fit counter, seed stream and record go on from the first; create a new '
+                    'ReproducibleCallback(seed) for each learner')
     elif not creating and not self._restored:
         self._event('attached_after_model', 'ReproducibleCallback was attached after the model was built (add_cb or '
                     'fit(cbs=...)): its initial weights were not covered; pass it in the call that builds the learner')
@@ -397,9 +420,9 @@ def _live_check(self:ReproducibleCallback, rows:list|None=None):
         refs = [(idx.get(tuple(r[k] for k in BATCH_KEYS)), r) for r in rows]
         if not any(_neq(ref[c], r[c]) for ref, r in refs if ref for c in ref if c in r and c not in BATCH_KEYS): return
     c = compare(self._ref, self.record, partial=True)
-    if c.same: return
+    if c.same or c.causes == ['interrupted']: return # a stop is no divergence; what follows it is still checked
     self._checked = True # one report per run; an intended change explains every later difference
-    accidents = [x for x in c.causes if x not in INTENDED and x != 'interrupted'] # a stop is no divergence
+    accidents = [x for x in c.causes if x not in INTENDED and x != 'interrupted']
     if not accidents: return
     where = f' (first at {c.first_divergence})' if c.first_divergence else ''
     self._event('divergence', f'this run differs from the reference run{where}: ' +

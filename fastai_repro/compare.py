@@ -124,11 +124,15 @@ def _flags_note(a:RunRecord, b:RunRecord) -> str:
             'strict=True makes them errors) or an outside source of entropy (os.urandom, time, threads) is at work')
 
 def _batch_cause(fd:Divergence) -> tuple:
-    if 'cancelled' in fd.components: return 'interrupted', f'{_where(fd)} was cancelled (CancelBatchException) in one run only'
-    rng = [c[4:].replace('_step', ' (during the batch)') for c in fd.components if c.startswith('rng_')]
+    "The cause of the first differing batch: what differed before it ran first, then a cancel, then what it drew"
+    rng = [c[4:] for c in fd.components if c.startswith('rng_') and not c.endswith('_step')]
     if rng: return 'rng', ', '.join(rng)
     data = [c for c in fd.components if c in ('inputs', 'targets')]
     if data: return 'data', ' and '.join(data)
+    if 'cancelled' in fd.components:
+        return 'interrupted', f'{_where(fd)} was cancelled (CancelBatchException) in one run only'
+    step = [c[4:].replace('_step', ' (during the batch)') for c in fd.components if c.startswith('rng_')]
+    if step: return 'rng', ', '.join(step)
     return 'nondeterminism', None
 
 # %% ../nbs/02_compare.ipynb #46465745
@@ -159,25 +163,31 @@ class Comparison:
 # %% ../nbs/02_compare.ipynb #863ab86a
 def _at(stop:dict) -> tuple:
     "Where a fit stopped as a sort key of its batches: (epoch, 0 train / 1 valid, iter); unknown parts sort first"
-    def known(v): return -1 if v is None else v
-    return known(stop.get('epoch')), 0 if stop.get('phase') == 'train' else 1, known(stop.get('iter'))
+    epoch, it = stop.get('epoch'), stop.get('iter')
+    return -1 if epoch is None else epoch, 0 if stop.get('phase') == 'train' else 1, -1 if it is None else it
+
+def _where_stopped(e:dict) -> tuple:
+    "What of a fit's `end` two runs must share to have ended alike: how and where (not the error's wording)"
+    return tuple(e.get(k) for k in ('status', 'epoch', 'phase', 'iter'))
 
 def interruption(a:RunRecord, b:RunRecord) -> tuple|None:
     "The first fit whose end differs between `a` and `b`: (fit, where the first stopped, description), or `None`"
     for i, (fa, fb) in enumerate(zip(a.fits, b.fits)):
         ends = {'a': fa.get('end'), 'b': fb.get('end')}
-        if None in ends.values() or ends['a'] == ends['b']: continue # a run under way, or an older record
+        if None in ends.values() or _where_stopped(ends['a']) == _where_stopped(ends['b']): continue # or under way
         stops = {n: e for n, e in ends.items() if e.get('status') != 'completed'}
         desc = '; '.join(f"run {n} stopped at fit {i}, epoch {e.get('epoch')}, {e.get('phase')} batch {e.get('iter')} "
-                         f"({e['status']}: {e.get('reason')})" for n, e in stops.items())
+                         f"({e.get('status')}: {e.get('reason')})" for n, e in stops.items())
         if len(stops) == 1: desc += f" while run {'ab'[next(iter(stops)) == 'a']} completed it"
         return i, min(_at(e) for e in stops.values()), desc
     return None
 
 def _before(rec:RunRecord, fit:int, at:tuple) -> RunRecord:
     "`rec` up to where fit `fit` stopped (`at`): earlier fits, that fit's starting facts and its batches before `at`"
-    f, e, ph, it = (rec.columns.index(k) for k in BATCH_KEYS)
-    rows = [r for r in rec.rows if r[f] < fit or (r[f] == fit and (r[e], 0 if r[ph] == 'train' else 1, r[it]) < at)]
+    rows = []
+    if set(BATCH_KEYS) <= set(rec.columns): # a record with no batch rows has no such columns
+        f, e, ph, it = (rec.columns.index(k) for k in BATCH_KEYS)
+        rows = [r for r in rec.rows if r[f] < fit or (r[f] == fit and (r[e], 0 if r[ph] == 'train' else 1, r[it]) < at)]
     last = {k: v for k, v in rec.fits[fit].items() if k not in ('final_weights', 'metrics', 'end')}
     return RunRecord(rec.fits[:fit] + [last], rows, rec.events, rec.columns)
 

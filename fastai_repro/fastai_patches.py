@@ -5,13 +5,14 @@ generators put back after the inference ones."""
 
 # %% ../nbs/02a_fastai_patches.ipynb #c020f06f
 from __future__ import annotations
+import threading
 from functools import wraps
 from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.hook # noqa: F401 (`lr_find` and `summary` are patched onto `Learner`)
 from .seeding import get_rng_state, set_rng_state
 
 # %% auto #0
-__all__ = ['FIT_EXIT_HOOKS', 'INFERENCE', 'on_fit_exit', 'entries', 'isolates', 'patch_fastai']
+__all__ = ['EXIT_HOOKS', 'ENTRY_POINTS', 'on_entry_exit', 'current_entries', 'entries', 'isolates', 'patch_fastai']
 
 # %% ../nbs/02a_fastai_patches.ipynb #21b54932
 def _shared(name:str) -> list:
@@ -19,87 +20,102 @@ def _shared(name:str) -> list:
     if name not in Learner.__dict__: setattr(Learner, name, [])
     return Learner.__dict__[name]
 
-_entries:list = _shared('_fastai_repro_entries') # [learner, kind, snapshot or None] per entry point under way
-FIT_EXIT_HOOKS:list = _shared('_fastai_repro_fit_exit_hooks') # f(learn, exc): when `Learner.fit` returns or raises
+_entries:list = _shared('_fastai_repro_entries') # [learner, kind, snapshot, thread] per entry point under way
+EXIT_HOOKS:list = _shared('_fastai_repro_exit_hooks') # f(learn, entry, exc) when an entry point returns or raises
 
-def on_fit_exit(hook):
-    "Call `hook(learn, exc)` whenever `Learner.fit` returns (`exc` None) or raises; replaces a hook of the same name"
-    key = lambda h: (h.__module__, h.__qualname__)
-    FIT_EXIT_HOOKS[:] = [h for h in FIT_EXIT_HOOKS if key(h) != key(hook)] + [hook]
+def _key(h) -> tuple: return h.__module__, h.__qualname__
+
+def on_entry_exit(hook):
+    "Call `hook(learn, entry, exc)` when an entry point returns (`exc` None) or raises; replaces a hook of that name"
+    EXIT_HOOKS[:] = [h for h in EXIT_HOOKS if _key(h) != _key(hook)] + [hook]
     return hook
 
+def current_entries(learn) -> list:
+    "The entry points under way on `learn` in this thread, outermost first (each a list: learner, kind, ...)"
+    me = threading.get_ident()
+    return [e for e in _entries if e[0] is learn and e[3] == me]
+
 def entries(learn) -> list:
-    "The kinds of the fastai entry points under way on `learn`, outermost first"
-    return [k for l, k, _ in _entries if l is learn]
+    "The kinds of the fastai entry points under way on `learn` in this thread, outermost first"
+    return [e[1] for e in current_entries(learn)]
 
 def isolates(learn) -> bool:
     "Whether a callback of `learn` asks for inference entry points to leave every generator as they found it"
     return any(getattr(cb, 'isolates_entries', False) for cb in getattr(learn, 'cbs', ()))
 
 # %% ../nbs/02a_fastai_patches.ipynb #6a84d238
-def _push(learn, kind:str):
+def _push(learn, kind:str) -> list:
     "Mark entry point `kind` as under way on `learn`; snapshot the generators if it is an isolated inference one"
     iso = kind not in ('fit', 'lr_find') and isolates(learn)
-    _entries.append([learn, kind, get_rng_state(learn.dls) if iso else None])
+    e = [learn, kind, get_rng_state(learn.dls) if iso else None, threading.get_ident()]
+    _entries.append(e)
+    return e
 
-def _pop(learn, kind:str):
-    "End the innermost entry point `kind` of `learn`; put its generators back"
-    i = next(i for i in range(len(_entries) - 1, -1, -1) if _entries[i][0] is learn and _entries[i][1] == kind)
-    _, _, st = _entries.pop(i)
-    if st is not None: set_rng_state(st, learn.dls)
+def _pop(e:list, exc:BaseException|None=None):
+    "End entry point `e`: the exit hooks close what was opened inside it, then its generators are put back"
+    _entries.remove(e)
+    try:
+        for h in list(EXIT_HOOKS): h(e[0], e, exc)
+    finally:
+        if e[2] is not None: set_rng_state(e[2], e[0].dls)
 
 def _entry(kind:str, f):
-    "Method `f` of `Learner`, marked as entry point `kind` while it runs"
+    "Method `f` of `Learner` (or a subclass), marked as entry point `kind` while it runs"
     @wraps(f)
-    def _f(self, *args, **kwargs):
-        _push(self, kind)
-        try: return f(self, *args, **kwargs)
-        finally: _pop(self, kind)
+    def _f(self, *args, **kwargs): # not named `fit`: `fit_call` reads `fit` frames off the stack
+        "`f`, marked as an entry point"
+        e = _push(self, kind)
+        try: res = f(self, *args, **kwargs)
+        except BaseException as exc:
+            _pop(e, exc)
+            raise
+        _pop(e)
+        return res
     _f.fastai_repro_entry = kind
     return _f
 
 # %% ../nbs/02a_fastai_patches.ipynb #b5f02960
-def _fit_entry(f):
-    "`Learner.fit`, marked as entry point `'fit'`, calling `FIT_EXIT_HOOKS` when it returns or raises"
-    @wraps(f)
-    def _fit(self, *args, **kwargs): # not named `fit`: `fit_call` reads `fit` frames off the stack
-        _push(self, 'fit')
-        try: res = f(self, *args, **kwargs)
-        except BaseException as e:
-            _pop(self, 'fit')
-            for h in FIT_EXIT_HOOKS: h(self, e)
-            raise
-        _pop(self, 'fit')
-        for h in FIT_EXIT_HOOKS: h(self, None)
-        return res
-    _fit.fastai_repro_entry = 'fit'
-    return _fit
-
 def _context_entry(enter, exit):
     "`Learner.__enter__` and `__exit__`, marking `with learn:` as entry point `'context'`"
     @wraps(enter)
     def __enter__(self):
-        _push(self, 'context')
+        "`with learn:` starts: push the entry, then fire fastai's `before_fit`"
+        e = _push(self, 'context')
         try: return enter(self)
-        except BaseException:
-            _pop(self, 'context')
+        except BaseException as exc:
+            _pop(e, exc)
             raise
     @wraps(exit)
-    def __exit__(self, *exc):
-        try: return exit(self, *exc)
-        finally: _pop(self, 'context')
+    def __exit__(self, *exc_info):
+        "`with learn:` ends: fire fastai's `after_fit`, then pop the innermost `with` entry"
+        try: return exit(self, *exc_info)
+        finally: _pop(next(e for e in reversed(current_entries(self)) if e[1] == 'context'))
     __enter__.fastai_repro_entry = __exit__.fastai_repro_entry = 'context'
     return __enter__, __exit__
 
 # %% ../nbs/02a_fastai_patches.ipynb #b929913c
-INFERENCE = ('validate', 'get_preds', 'predict', 'show_results', 'tta', 'summary')
+ENTRY_POINTS = dict(fit='fit', lr_find='lr_find', **dict.fromkeys(
+    ('validate', 'get_preds', 'predict', 'show_results', 'tta', 'summary'), 'inference'))
+
+def _wrap_class(cls:type):
+    "Wrap the entry points `cls` defines itself (not those it inherits)"
+    for name, kind in ENTRY_POINTS.items():
+        f = cls.__dict__.get(name)
+        if callable(f) and not getattr(f, 'fastai_repro_entry', None): setattr(cls, name, _entry(kind, f))
+
+def _subclasses(cls:type) -> list:
+    "Every subclass of `cls`, however deep"
+    return [s for c in cls.__subclasses__() for s in (c, *_subclasses(c))]
+
+def _wrap_subclass(cls:type, **kwargs):
+    "`Learner.__init_subclass__`: a subclass defined after the patch gets its overrides wrapped too"
+    _wrap_class(cls)
 
 def patch_fastai():
-    "Wrap fastai's `Learner` entry points (once): `fit`, `lr_find`, the inference methods, `with learn:`"
+    "Wrap fastai's `Learner` entry points (once), its subclasses' overrides, and those of subclasses defined later"
     if getattr(Learner.fit, 'fastai_repro_entry', None): return
-    Learner.fit = _fit_entry(Learner.fit)
-    Learner.lr_find = _entry('lr_find', Learner.lr_find)
-    for name in INFERENCE: setattr(Learner, name, _entry('inference', getattr(Learner, name)))
+    for cls in (Learner, *_subclasses(Learner)): _wrap_class(cls)
     Learner.__enter__, Learner.__exit__ = _context_entry(Learner.__enter__, Learner.__exit__)
+    Learner.__init_subclass__ = classmethod(_wrap_subclass)
 
 patch_fastai()

@@ -62,7 +62,7 @@ def _unwrap(dl):
     return inner if isinstance(getattr(inner, 'rng', None), random.Random) else dl
 
 def fastai_loaders(dls, wrapped:bool=False) -> list:
-    "The fastai `DataLoader`s of `dls` that own an `rng`, each once (in a `DistributedDL`: the inner one, or the wrapper)"
+    "The fastai `DataLoader`s of `dls` that own an `rng`, each once (in a `DistributedDL`: the inner one or, `wrapped`, it)"
     res, seen = [], set()
     for dl in getattr(dls, 'loaders', []):
         inner = _unwrap(dl)

@@ -1,16 +1,19 @@
 """Issue 10: the callback is never the source of a difference, never breaks a fit that works without it, marks
 interrupted fits, compares only re-runs of one experiment, and refuses bad arguments when it is built."""
 import os, random, warnings
-import pytest, torch
+from collections import OrderedDict
+import numpy as np, pytest, torch
 from torch import nn
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
+from fastai.callback.training import GradientAccumulation
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import MSELossFlat
 from fastai.test_utils import synth_dbunch, synth_learner
 from fastai_repro import callback as repro_callback
-from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, compare, determinism_flags, weights_equal
 from fastai.losses import CrossEntropyLossFlat
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, compare, determinism_flags, get_rng_state,
+                              weights_equal)
 from helpers import assert_same, repro_cbs, scramble
 from test_callback_api import small_cnn
 
@@ -35,13 +38,16 @@ def test_one_loader_used_twice():
     assert not weights_equal(quiet_fit(shared_loader_learner(False)).model, quiet_fit(shared_loader_learner(False)).model)
 
 def test_flags_given_back_first_whatever_fails(monkeypatch):
-    "A failure while closing (here: releasing a loader) still gives every determinism flag back"
-    before = determinism_flags()
+    "A failure while closing (here: releasing a loader) comes after the flags are back, and does not break the fit"
+    before, seen = determinism_flags(), []
     learn = shared_loader_learner()
-    def broken(dl): raise RuntimeError('release failed')
+    def broken(dl):
+        "Note the flags when the loader is released, then fail"
+        seen.append(determinism_flags()); raise RuntimeError('release failed')
     monkeypatch.setattr(repro_callback, 'release_loader', broken)
-    with pytest.raises(RuntimeError, match='release failed'): quiet_fit(learn, 1)
-    assert determinism_flags() == before and repro_callback._open_scopes == []
+    with pytest.warns(ReproducibilityWarning, match='release failed'): quiet_fit(learn, 1)
+    assert seen == [before] and determinism_flags() == before and repro_callback._open_scopes == []
+    assert learn.reproducible.record.fits[0]['end'] == {'status': 'completed'}
 
 # --- one callback, two learners -----------------------------------------------------------------------------------
 def test_one_callback_two_learners_refused_at_once():
@@ -91,16 +97,54 @@ def test_interrupted_fit_is_marked_and_named(exc, status):
         assert c.fixes['interrupted'].startswith(f'{who} stopped at fit 0, epoch 1, train batch 2 ({status}: ')
     assert compare(stopped, run_stopped(exc)).same # two runs stopped alike are the same run
 
+class StopAfter(Callback):
+    "Cancels the fit after training batch 2 of epoch 0 has finished (as `TerminateOnNaNCallback` does)"
+    def after_batch(self):
+        if self.training and self.learn.iter == 2: raise CancelFitException()
+
+def test_stop_between_batches_compares_the_finished_ones():
+    stopped = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), StopAfter()]))
+    end = stopped.reproducible.record.fits[0]['end']
+    assert (end['epoch'], end['phase'], end['iter']) == (0, 'train', 3) # the first batch it did not finish
+    assert 'cancelled' not in stopped.reproducible.record.columns # batch 2 ran to its end
+    full = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)))
+    noisy = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), ExtraDraw()]))
+    assert compare(full.reproducible.record, stopped.reproducible.record).causes == ['interrupted']
+    c = compare(noisy.reproducible.record, stopped.reproducible.record) # differs from batch 1 on: still seen
+    assert c.causes == ['rng', 'interrupted'] and c.first_divergence.iter == 1, c.report()
+
+def test_batch_cancelled_after_its_loss_keeps_it():
+    "`GradientAccumulation` cancels every batch but one after the loss: the rows keep their own losses"
+    rec = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False),
+                                       GradientAccumulation(n_acc=32)]), 1).reproducible.record
+    train = rec.batches[rec.batches.phase == 'train']
+    assert train.cancelled.fillna(False).astype(bool).tolist() == [True, False] * 5 # one step every 2 batches of 16
+    assert train.loss.notna().all() and train.loss.nunique() == 10
+
+class FailAfterUs(Callback):
+    "Raises in `before_fit`, after the callback (order -11) has opened its scope"
+    def before_fit(self): raise RuntimeError('inference failed')
+
+def test_failed_inference_call_closes_what_it_opened():
+    learn = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)), 1)
+    flags, rng = determinism_flags(), get_rng_state(learn.dls)
+    with pytest.raises(RuntimeError, match='inference failed'): learn.validate(cbs=FailAfterUs())
+    assert determinism_flags() == flags and repro_callback._open_scopes == []
+    after = get_rng_state(learn.dls)
+    assert after['random'] == rng['random'] and torch.equal(after['torch'], rng['torch'])
+
 class SkipBatch(Callback):
     "Cancels training batch 1 of each epoch after its forward pass"
     def after_pred(self):
         if self.training and self.learn.iter == 1: raise CancelBatchException()
 
 def test_cancelled_batch_row():
-    rec = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), SkipBatch()]), 1).reproducible.record
+    learn = synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), SkipBatch()])
+    rec = quiet_fit(learn, 1).reproducible.record
     rows = rec.batches.set_index(['phase', 'iter'])
     skipped, before = rows.loc[('train', 1)], rows.loc[('train', 0)]
-    assert skipped.cancelled == True and skipped.isna()['loss'] and skipped.isna()['rng_torch_step']
+    assert skipped.cancelled == True and skipped.isna()['loss'] # not the loss of batch 0, which `learn.loss` still holds
+    assert not skipped.isna()['rng_torch_step'] # torch's state after this batch, its own value
     assert rows.cancelled.sum() == 1 and not before.isna()['loss']
     full = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)), 1).reproducible.record
     c = compare(full, rec)
@@ -125,17 +169,31 @@ def test_a_rerun_of_the_same_code_is_compared():
     divergences = [w for w in ws if issubclass(w.category, ReproducibilityWarning) and 'differs' in str(w.message)]
     assert len(divergences) == 1 and 'rng:' in str(divergences[0].message)
 
-def test_previous_runs_are_bounded():
-    for i in range(3 * repro_callback.PREVIOUS_KEPT): repro_callback._remember((21, (('f', i),)), object())
-    assert len(repro_callback._previous) == repro_callback.PREVIOUS_KEPT
+def test_previous_runs_are_bounded(monkeypatch):
+    monkeypatch.setattr(repro_callback, '_previous', OrderedDict())
+    n = repro_callback.PREVIOUS_KEPT
+    for i in range(3 * n): repro_callback._remember((21, (('f', i),)), i)
+    assert list(repro_callback._previous.values()) == list(range(2 * n, 3 * n)) # the oldest are forgotten
 
 def test_interrupted_run_is_no_reference():
-    with warnings.catch_warnings(record=True) as ws:
-        warnings.simplefilter('always')
-        for stop in (True, False):
-            learn = synth_learner(cbs=[ReproducibleCallback(21)] + ([StopAt(CancelFitException)] if stop else []))
-            quiet_fit(learn)
-    assert not [w for w in ws if issubclass(w.category, ReproducibilityWarning)]
+    "A stopped run is not kept as the reference of its experiment; the next complete run is"
+    kept = []
+    for stop in (True, False):
+        learn = synth_learner(cbs=[ReproducibleCallback(21)] + ([StopAt(CancelFitException)] if stop else []))
+        quiet_fit(learn)
+        kept.append(list(repro_callback._previous.values()))
+    assert kept == [[], [learn.reproducible.record]]
+
+def test_exported_callback_has_no_experiment(new_dls, tmp_path):
+    "A callback loaded with an exported learner is no re-run of the code that built the original"
+    from fastai.learner import load_learner
+    cb = ReproducibleCallback(21)
+    learn = quiet_fit(Learner(new_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=cb), 1)
+    learn.export('x.pkl')
+    loaded = load_learner(tmp_path/'x.pkl')
+    assert learn.reproducible._key and loaded.reproducible._key is None
+    quiet_fit(loaded, 1)
+    assert list(repro_callback._previous.values()) == [learn.reproducible.record] # the loaded run is not kept
 
 # --- bad arguments refused when the callback is built --------------------------------------------------------------
 @pytest.mark.parametrize('kwargs, msg', [
@@ -192,9 +250,12 @@ def test_calls_between_fits_change_nothing(new_dls, between):
             if call: BETWEEN[between](learn) # before any fit too
             learn.fit(1, 1e-3)
             if call:
-                flags, py, st = determinism_flags(), random.getstate(), torch.get_rng_state()
+                flags, st, grads = determinism_flags(), get_rng_state(learn.dls), [p.grad for p in learn.model.parameters()]
                 BETWEEN[between](learn)
-                assert determinism_flags() == flags and random.getstate() == py and torch.equal(torch.get_rng_state(), st)
+                now = get_rng_state(learn.dls)
+                assert determinism_flags() == flags and now['random'] == st['random'] and now['loaders'] == st['loaders']
+                assert torch.equal(now['torch'], st['torch']) and all(map(np.array_equal, now['numpy'], st['numpy']))
+                assert all(g is p.grad for g, p in zip(grads, learn.model.parameters()))
             learn.fit(1, 1e-3)
         assert learn.reproducible.n_fit == 2 and len(learn.reproducible.record.fits) == 2
         return learn
