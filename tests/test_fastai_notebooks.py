@@ -45,7 +45,7 @@ from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat, MSELossFl
 from fastai.optimizer import SGD
 from fastai.test_utils import RegModel, synth_dbunch, synth_learner
 from fastai.torch_core import no_random, set_seed
-from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, digits_dls, make_digits_folder
+from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning
 from fastai_repro.seeding import determinism_flags, get_rng_state, set_determinism_flags
 
 ATTACHED_LATE = 'ReproducibleCallback: the model was built before ReproducibleCallback seeded'
@@ -121,19 +121,6 @@ def line_dls(n_train=160, n_valid=32, bs=16):
     items = list(torch.randn(n_train + n_valid, 1).numpy()) # NumPy arrays: what `test_dl` checks new items against
     splits = [list(range(n_train)), list(range(n_train, n_train + n_valid))]
     return Datasets(items, tfms=[[noop], [Line()]], splits=splits).dataloaders(bs=bs)
-
-@pytest.fixture(scope='module')
-def small_digits(tmp_path_factory):
-    "A pets-style folder of the first 192 digits at 16 pixels: the conftest's digits, smaller, to keep this file fast"
-    return make_digits_folder(tmp_path_factory.mktemp('data')/'digits16', size=16, n=192)
-
-@pytest.fixture
-def vision_dls(small_digits):
-    "Builds the digits `DataLoaders` as conftest's `new_dls` does (its `seed=21`, its augmentation), on `small_digits`"
-    def _new():
-        "Fresh digits loaders, split with seed 21"
-        return digits_dls(small_digits, seed=21, size=16, bs=32)
-    return _new
 
 def tiny_cnn():
     "A small image classifier with Dropout (it draws random numbers in training)"

@@ -184,11 +184,11 @@ def test_interrupted_run_is_no_reference():
         kept.append(list(repro_callback._previous.values()))
     assert kept == [[], [learn.reproducible.record]]
 
-def test_exported_callback_has_no_experiment(new_dls, tmp_path):
+def test_exported_callback_has_no_experiment(vision_dls, tmp_path):
     "A callback loaded with an exported learner is no re-run of the code that built the original"
     from fastai.learner import load_learner
     cb = ReproducibleCallback(21)
-    learn = quiet_fit(Learner(new_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=cb), 1)
+    learn = quiet_fit(Learner(vision_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), path=tmp_path, cbs=cb), 1)
     learn.export('x.pkl')
     loaded = load_learner(tmp_path/'x.pkl')
     assert learn.reproducible._key and loaded.reproducible._key is None
@@ -239,12 +239,12 @@ BETWEEN = dict(tta=lambda l: l.tta(), with_learn=with_learn, summary=lambda l: l
                get_preds=lambda l: l.get_preds(), validate=lambda l: l.validate())
 
 @pytest.mark.parametrize('between', list(BETWEEN))
-def test_calls_between_fits_change_nothing(new_dls, between):
+def test_calls_between_fits_change_nothing(vision_dls, between):
     "`fit; X; fit` ends bit-identical to `fit; fit`, X leaves every generator and flag as it found them, warns nothing"
     import matplotlib; matplotlib.use('Agg')
     def run(call):
         cbs = repro_cbs() # before the model, so that its initial weights are covered
-        learn = Learner(new_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
+        learn = Learner(vision_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
         with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
             warnings.simplefilter('error', ReproducibilityWarning)
             if call: BETWEEN[between](learn) # before any fit too
