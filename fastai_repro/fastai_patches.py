@@ -53,7 +53,7 @@ def _push(learn, kind:str) -> list:
 
 def _pop(e:list, exc:BaseException|None=None):
     "End entry point `e`: the exit hooks close what was opened inside it, then its generators are put back"
-    _entries.remove(e)
+    del _entries[next(i for i, x in enumerate(_entries) if x is e)] # by identity: `==` would compare the snapshots
     try:
         for h in list(EXIT_HOOKS): h(e[0], e, exc)
     finally:
