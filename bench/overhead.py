@@ -16,7 +16,7 @@ from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet18
 from fastai_repro.all import ReproducibleCallback, digits_dls, make_digits_folder, generator_fingerprints, tensors_digest
-from fastai_repro.record import step_fingerprints
+from fastai_repro.digests import step_fingerprints
 
 ARMS = {'none': None, 'seeding': dict(every=0, isolate_data=False), 'recording': dict(isolate_data=False),
         'isolated': dict()}

@@ -10,7 +10,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 import fastai_repro
 from fastai_repro.all import ReproducibleCallback, make_digits_folder, digits_dls, generator_fingerprints
-from fastai_repro.record import step_fingerprints
+from fastai_repro.digests import step_fingerprints
 p = make_digits_folder(Path(tempfile.mkdtemp())/'d', n=200)
 dls = digits_dls(p, seed=21)
 cb = ReproducibleCallback(21, every=0, compare_previous=False)

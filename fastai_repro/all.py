@@ -7,21 +7,25 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader',
            'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed', 'RunRecord', 'RecordError',
            'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
-           'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence',
+           'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence',
            'plot_divergence', 'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
-from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed, seed_generators,
-    get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader, determinism_flags, lock_determinism, set_determinism_flags, distributed)
-from .record import (RunRecord, RecordError, tensor_digest, tensors_digest, weights_digest, weights_equal,
-    arch_digest, generator_fingerprints, environment, data_facts)
+from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
+    seed_generators, get_rng_state, set_rng_state, isolate_rng, keyed_rng, isolate_loader, release_loader,
+    determinism_flags, lock_determinism, set_determinism_flags, distributed)
+from .digests import (tensor_digest, tensors_digest, weights_digest, weights_equal, arch_digest,
+    generator_fingerprints)
+from .facts import environment, data_facts, fit_facts
+from .runrecord import RunRecord, RecordError
 from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
 from .data import make_digits_folder, digits_dls, is_upper
 
 # %% ../nbs/06_all.ipynb #02441290
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
-         'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader', 'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
+         'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'isolate_loader', 'release_loader',
+         'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
-         'generator_fingerprints', 'environment', 'data_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
+         'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
          'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']

@@ -16,8 +16,10 @@ from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, 
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
     isolate_loader, release_loader, finalize, distributed)
 from .compare import INTENDED, compare
-from .record import (RunRecord, BATCH_KEYS, DIGEST_KEYS, torch_fingerprint, arch_digest,
-    data_facts, environment, fit_call, jsonable, generator_fingerprints, step_fingerprints, tensors_digest, weights_digest)
+from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
+from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
+    weights_digest)
+from .facts import fit_facts, jsonable
 from .fastai_patches import current_entries, entries, on_entry_exit
 
 # %% auto #0
@@ -105,7 +107,7 @@ def _check_folder(save_to):
 # %% ../nbs/03_callback.ipynb #ae239e0e
 class ReproducibleCallback(Callback):
     "Bit-reproducible fastai training: seeds every generator per fit, isolates `lr_find`, locks determinism, records"
-    order,isolates_entries = TrainEvalCallback.order-1,True # `isolates_entries`: see `fastai_patches`
+    order,isolates_entries,repro_settings = TrainEvalCallback.order-1,True,('deterministic','isolate_data')
     def __init__(self,
         seed:int|None=None, # In [0, 2**32); `None` draws one from OS entropy, kept in `self.seed`
         strict:bool=False, # Raise on kernels with no deterministic implementation and on recorder problems
@@ -245,10 +247,7 @@ def _guard(self:ReproducibleCallback, f, sc:FitScope):
 # %% ../nbs/03_callback.ipynb #b1225220
 @patch
 def _start_facts(self:ReproducibleCallback, sc:FitScope):
-    learn = self.learn
-    sc.facts = dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, env=environment(), call=fit_call(learn),
-                    n_epoch=learn.n_epoch, hypers=jsonable(learn.opt.hypers), **data_facts(learn.dls),
-                    architecture=arch_digest(learn.model), init_weights=weights_digest(learn.model))
+    sc.facts = dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn))
     self.record.fits.append(sc.facts)
 
 @patch
@@ -360,7 +359,6 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
     if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
     for e in errs: warnings.warn(f'ReproducibleCallback: closing a fit: {type(e).__name__}: {e}', ReproducibilityWarning)
 
-
 # %% ../nbs/03_callback.ipynb #13a13941
 _previous:OrderedDict = OrderedDict() # (seed, creation site) -> record of the latest complete run of that experiment
 PREVIOUS_KEPT = 8 # experiments whose latest record is kept for `compare_previous`
@@ -420,7 +418,7 @@ def _live_check(self:ReproducibleCallback, rows:list|None=None):
         refs = [(idx.get(tuple(r[k] for k in BATCH_KEYS)), r) for r in rows]
         if not any(_neq(ref[c], r[c]) for ref, r in refs if ref for c in ref if c in r and c not in BATCH_KEYS): return
     c = compare(self._ref, self.record, partial=True)
-    if c.same or c.causes == ['interrupted']: return # a stop is no divergence; what follows it is still checked
+    if c.same or set(c.causes) <= {'interrupted', 'incomplete', 'empty'}: return # no divergence (yet)
     self._checked = True # one report per run; an intended change explains every later difference
     accidents = [x for x in c.causes if x not in INTENDED and x != 'interrupted']
     if not accidents: return

@@ -5,19 +5,10 @@
 
 # %% ../nbs/05_cli.ipynb #bee4178c
 from __future__ import annotations
-import argparse, sys, tempfile, time, warnings
+import argparse, sys, tempfile, time, traceback, warnings
 from pathlib import Path
-warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here
-import fastai.callback.progress, fastai.callback.schedule # progress bars; `fine_tune` and `lr_find`
-from fastai.learner import Learner
-from fastai.metrics import error_rate
-from fastai.vision import models
-from fastai.vision.learner import cnn_learner
-from .callback import ReproducibleCallback
+from .runrecord import RecordError
 from .compare import compare
-from .record import weights_digest, weights_equal
-from .data import digits_dls, make_digits_folder
-from .seeding import check_seed
 
 # %% auto #0
 __all__ = ['demo_run', 'demo', 'diff', 'main']
@@ -25,6 +16,10 @@ __all__ = ['demo_run', 'demo', 'diff', 'main']
 # %% ../nbs/05_cli.ipynb #0cfa9418
 def demo_run(dls, arch, seed:int, epochs:int=1, lr_find:bool=False, callback:bool=True, **kwargs) -> Learner:
     "Train `cnn_learner(dls, arch, pretrained=False)` with `fine_tune(epochs)`, after `lr_find` if asked"
+    import fastai.callback.progress, fastai.callback.schedule # progress bars; `fine_tune` and `lr_find`
+    from fastai.metrics import error_rate
+    from fastai.vision.learner import cnn_learner
+    from fastai_repro.callback import ReproducibleCallback
     cbs = ReproducibleCallback(seed) if callback else None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='`cnn_learner` has been renamed')
@@ -35,11 +30,16 @@ def demo_run(dls, arch, seed:int, epochs:int=1, lr_find:bool=False, callback:boo
 
 # %% ../nbs/05_cli.ipynb #9cc7008c
 def _summary(name:str, learn:Learner) -> str:
+    "One line of the results table: the last epoch's metrics and a fingerprint of the weights"
+    from fastai_repro.digests import weights_digest
     vals = ' '.join(f'{v:.6f}' for v in learn.recorder.values[-1])
     return f'{name:<34} {vals}   weights {weights_digest(learn.model) & (2**64-1):016x}'
 
 def demo(seed:int=21, epochs:int=1, arch:str='resnet18', data:str|None=None, size:int=32) -> bool:
     "Run the experiment and print the verdict; True when the runs with the callback are bit-identical"
+    from fastai.vision import models
+    from fastai_repro.data import digits_dls, make_digits_folder
+    from fastai_repro.digests import weights_equal
     path = Path(data) if data else make_digits_folder(Path(tempfile.gettempdir())/f'fastai_repro_digits_{size}', size)
     arch_fn = getattr(models, arch)
     res = {}
@@ -55,7 +55,7 @@ def demo(seed:int=21, epochs:int=1, arch:str='resnet18', data:str|None=None, siz
     for tag, (a, b, _) in res.items():
         print(_summary(f'A {tag} callback', a)); print(_summary(f'B {tag} callback', b))
     a, b, _ = res['with']
-    print('\nrecords of the runs with the callback: ' + compare(a.reproducible.record, b.reproducible.record).report().splitlines()[0])
+    print('\nrecords of the runs with the callback: ' + compare(a.reproducible.record, b.reproducible.record).verdict())
     ok, contrast = res['with'][2], not res['without'][2]
     print(f"\nwith ReproducibleCallback:    {'bit-identical weights' if ok else 'weights DIFFER'}")
     print(f"without ReproducibleCallback: {'weights differ' if contrast else 'weights identical'}")
@@ -63,10 +63,14 @@ def demo(seed:int=21, epochs:int=1, arch:str='resnet18', data:str|None=None, siz
 
 # %% ../nbs/05_cli.ipynb #2acc35b9
 def diff(a, b) -> int:
-    "Print why the runs saved in files `a` and `b` differ; exit code 0 same, 1 differ, 2 bad input"
+    "Print why the runs saved in files `a` and `b` differ; exit code 0 same, 1 differ, 2 bad input or error"
     try: c = compare(Path(a), Path(b))
-    except (OSError, ValueError) as e:
+    except (OSError, RecordError) as e:
         print(f'fastai-repro diff: {e}', file=sys.stderr)
+        return 2
+    except Exception as e: # a bug here: never exit 1, which says the runs differ
+        traceback.print_exc()
+        print(f'fastai-repro diff: internal error ({type(e).__name__}: {e}); please report it', file=sys.stderr)
         return 2
     print(c.report())
     return 0 if c.same else 1
@@ -90,6 +94,9 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.cmd == 'diff': return diff(args.a, args.b)
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here
+    from fastai.vision import models
+    from fastai_repro.seeding import check_seed
     if not hasattr(models, args.arch): p.error(f'--arch {args.arch!r} is not a model in fastai.vision.models')
     if args.data and not Path(args.data).is_dir(): p.error(f'--data {args.data!r} is not a folder')
     try: check_seed(args.seed)

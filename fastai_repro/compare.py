@@ -4,29 +4,46 @@
 
 # %% ../nbs/02_compare.ipynb #c5dd8c3a
 from __future__ import annotations
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-import pandas as pd
-from .record import RunRecord, BATCH_KEYS, DIGEST_KEYS
+import numpy as np, pandas as pd
+from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 
 # %% auto #0
-__all__ = ['FACTS', 'INTENDED', 'FIXES', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs', 'first_divergence',
+__all__ = ['FACTS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs', 'first_divergence',
            'Comparison', 'interruption', 'compare', 'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
-FACTS = {'env': ('env',), 'seed': ('seed', 'fit_seed'), 'items': ('items',), 'split': ('split',),
-         'dataloader': ('dataloaders',), 'architecture': ('architecture',), 'init_weights': ('init_weights',),
-         'hyperparameters': ('call', 'n_epoch', 'hypers'), 'final_weights': ('final_weights',)}
+_ENV_PARTS = ('threads', 'flags', 'precision') # compared apart from the rest of the environment
+FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the rest), most fundamental first
+    'env': ('env', None), 'threads': ('env', ('threads',)), 'flags': ('env', ('flags', 'precision')),
+    'seed': ('fit', ('seed', 'fit_seed')), 'items': ('fit', ('items',)), 'split': ('fit', ('split',)),
+    'dataloader': ('fit', ('dataloaders',)), 'architecture': ('fit', ('architecture',)),
+    'init_weights': ('fit', ('init_weights',)), 'optimizer': ('fit', ('optimizer',)),
+    'loss_func': ('fit', ('loss_func',)), 'callbacks': ('fit', ('callbacks',)), 'hyperparameters': ('fit', ('call', 'n_epoch', 'hypers', 'learner')),
+    'final_weights': ('fit', ('final_weights',))}
 
-def _env(f:dict) -> dict: return {k: v for k, v in (f.get('env') or {}).items() if k != 'flags'}
+def fact(comp:str, f:dict) -> dict:
+    "What component `comp` compares of a fit's facts `f`"
+    where, keys = FACTS[comp]
+    d = f if where == 'fit' else f.get('env') or {}
+    if keys is None: return {k: v for k, v in d.items() if k not in _ENV_PARTS}
+    res = {k: d.get(k) for k in keys}
+    if comp == 'flags' and isinstance(res['flags'], dict): # whether a kernel with no deterministic form warns or raises
+        res['flags'] = {k: v for k, v in res['flags'].items() if k != 'warn_only'} # changes no number
+    return res
 
 def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
     "Component -> description of what differs between the fits `fa` and `fb` (absent when equal)"
     res = {}
     if len(fa) != len(fb) and not (partial and len(fb) <= len(fa)): res['hyperparameters'] = f'{len(fa)} fits vs {len(fb)}'
     for i, (a, b) in enumerate(zip(fa, fb)):
-        for comp, keys in FACTS.items():
+        other_opt = fact('optimizer', a) != fact('optimizer', b) # then its hyper-parameters differ too: not a cause
+        for comp in FACTS:
             if comp in res or (partial and comp == 'final_weights' and 'final_weights' not in b): continue
-            va, vb = (_env(a), _env(b)) if comp == 'env' else ({k: a.get(k) for k in keys}, {k: b.get(k) for k in keys})
+            va, vb = fact(comp, a), fact(comp, b)
+            if comp == 'hyperparameters' and other_opt:
+                va, vb = ({k: v for k, v in d.items() if k != 'hypers'} for d in (va, vb))
             if va != vb: res[comp] = _describe(comp, i, va, vb)
     return res
 
@@ -44,13 +61,26 @@ def json_diffs(a, b, path:str='') -> list:
     if isinstance(a, dict) and isinstance(b, dict):
         return sum((json_diffs(a.get(k), b.get(k), f'{path}.{k}' if path else str(k)) for k in {**a, **b}), [])
     if isinstance(a, list) and isinstance(b, list):
+        if _named(a) and _named(b): return _named_diffs(a, b, path)
         if len(a) != len(b): return [f'{path}: {len(a)} items vs {len(b)}']
         return sum((json_diffs(x, y, f'{path}[{i}]') for i, (x, y) in enumerate(zip(a, b))), [])
     return [] if a == b else [f'{path}: {_clip(a, b)}']
 
+def _named(xs:list) -> bool: return bool(xs) and all(isinstance(x, dict) and isinstance(x.get('name'), str) for x in xs)
+
+def _named_diffs(a:list, b:list, path:str) -> list:
+    "Where two lists of named things (callbacks) differ: which are in one only, their order, then each one's settings"
+    na, nb = [x['name'] for x in a], [x['name'] for x in b]
+    if na != nb:
+        only = [f"{', '.join(n for n in ns if n not in other)} in run {r} only"
+                for r, ns, other in (('a', na, nb), ('b', nb, na)) if any(n not in other for n in ns)]
+        return [f"{path}: {'; '.join(only) or f'another order: {na} vs {nb}'}"]
+    return sum((json_diffs(x, y, f"{path}[{x['name'].rsplit('.', 1)[-1]}]") for x, y in zip(a, b)), [])
+
 def _describe(comp, i, va, vb, most:int=4) -> str:
     ds = json_diffs(va, vb)
-    return (f'fit {i}: ' if comp != 'env' else '') + '; '.join(ds[:most]) + (f'; and {len(ds) - most} more' if len(ds) > most else '')
+    where = '' if comp in ('env', 'threads', 'flags') else f'fit {i}: '
+    return where + '; '.join(ds[:most]) + (f'; and {len(ds) - most} more' if len(ds) > most else '')
 
 # %% ../nbs/02_compare.ipynb #eefd93c0
 @dataclass
@@ -62,20 +92,25 @@ class Divergence:
 
 def _where(r) -> str: return f'fit {int(r.fit)}, epoch {int(r.epoch)}, {r.phase} batch {int(r.iter)}'
 
-
 def batch_columns(df:pd.DataFrame) -> list:
     "The columns of a batch table that are compared: generators, then inputs, targets, loss, and whether it was cancelled"
     return [c for c in df.columns if c.startswith('rng_')] + [c for c in DIGEST_KEYS + ('cancelled',) if c in df.columns]
+
+def _differs(x:pd.Series, y:pd.Series) -> np.ndarray:
+    "Row by row, whether `x` and `y` differ; a null equals a null, and a NaN loss a NaN"
+    both = x.isna().to_numpy() & y.isna().to_numpy()
+    return ~((x == y).fillna(False).to_numpy(dtype=bool) | both)
 
 def batch_diffs(a:RunRecord, b:RunRecord) -> tuple:
     "The batches both runs recorded, joined (in `a`'s order), and a column of booleans per compared column: differs"
     da, db = a.batches, b.batches
     if 'cancelled' in da.columns or 'cancelled' in db.columns: # a run with no cancelled batch has no such column
-        for df in (da, db): df['cancelled'] = df['cancelled'] if 'cancelled' in df.columns else None
+        for df in (da, db):
+            if 'cancelled' not in df.columns: df['cancelled'] = pd.array([None] * len(df), dtype='boolean')
     cols = [c for c in batch_columns(da) if c in db.columns]
     if da.empty or db.empty or not cols: return None, None
     j = da.merge(db, on=list(BATCH_KEYS), how='inner', suffixes=('_a', '_b'), sort=False)
-    return j, pd.DataFrame({c: ~((j[f'{c}_a'] == j[f'{c}_b']) | (j[f'{c}_a'].isna() & j[f'{c}_b'].isna())) for c in cols})
+    return j, pd.DataFrame({c: _differs(j[f'{c}_a'], j[f'{c}_b']) for c in cols}, index=j.index)
 
 def first_divergence(a:RunRecord, b:RunRecord, diffs=None) -> Divergence|None:
     "The first batch (in `a`'s order) recorded by both runs where any compared column differs"
@@ -86,10 +121,17 @@ def first_divergence(a:RunRecord, b:RunRecord, diffs=None) -> Divergence|None:
     return Divergence(int(r.fit), int(r.epoch), r.phase, int(r.iter), [c for c in d.columns if d.loc[i, c]])
 
 # %% ../nbs/02_compare.ipynb #cd3da5b7
-INTENDED = ('architecture', 'hyperparameters')
+INTENDED = ('architecture', 'optimizer', 'loss_func', 'callbacks', 'hyperparameters')
 FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by `compare`
-  'env': 'the environments differ ({detail}): bit-equality is not expected across versions or devices; compare runs '
-         'made with the same versions on the same kind of device',
+  'empty': '{detail}: nothing to compare; record a training fit with ReproducibleCallback, or check the file name',
+  'env': 'the environments differ ({detail}): bit-equality is not expected across versions, devices or CPU kinds; '
+         'compare runs made with the same versions on the same kind of machine',
+  'threads': "torch's thread counts differ ({detail}): CPU kernels split their sums by thread, so float results "
+             'depend on the count; call torch.set_num_threads(n) (and set_num_interop_threads) with the same n in both '
+             'runs, or set OMP_NUM_THREADS alike',
+  'flags': 'the determinism or precision flags differ ({detail}): keep ReproducibleCallback(deterministic=True) in '
+           'both runs, and set TF32 and matmul precision alike (torch.backends.cuda.matmul.allow_tf32, '
+           'torch.backends.cudnn.allow_tf32, torch.set_float32_matmul_precision)',
   'seed': 'the seeds differ ({detail}): pass the same seed to ReproducibleCallback',
   'items': 'the item sets differ: the data changed (files added, removed or renamed)',
   'split': 'the items are the same but the train/valid split differs: an unseeded split; pass `seed=` to the '
@@ -100,17 +142,23 @@ FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by 
   'init_weights': 'the initial weights differ though the architecture is the same: random numbers were consumed before '
                   'the model was built, or the callback was attached after it; pass ReproducibleCallback(seed) in the '
                   'call that builds the model, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21))',
+  'optimizer': 'the optimizers differ ({detail}): an intended change',
+  'loss_func': 'the loss functions differ ({detail}): an intended change',
+  'callbacks': 'the callbacks or their settings differ ({detail}): an intended change (a training callback changes '
+               'what each step computes)',
   'hyperparameters': 'the fit calls or hyper-parameters differ ({detail}): an intended change',
   'rng': 'the {detail} generator first differs at {where} while everything before matched: something drew random '
          'numbers out of order during training, during the previous batch or between the two; remove the extra draw '
          'or wrap it in `isolate_rng()`',
   'data': 'the batch {detail} differ at {where} while the generators, the item set and the split match: the data '
           'pipeline changed (file contents, transforms)',
-  'nondeterminism': 'the generators and the batch are identical at {where} but the loss differs: non-deterministic '
-                    'computation; {detail}',
+  'nondeterminism': 'the generators and the batch are identical at {where} but the loss differs, and every fact of '
+                    'the two runs matches; {detail}',
   'interrupted': '{detail}: the runs are compared up to there; re-run the fit to its end to compare the rest',
   'final_weights': 'every recorded batch matches but the final weights differ: the model changed after the last '
                    'recorded batch, or batches were not recorded (every=0)',
+  'incomplete': '{detail}: those were not compared; record both runs with the same `every` (every=1 records every '
+                'batch) to compare them all',
 }
 
 # %% ../nbs/02_compare.ipynb #a6744f22
@@ -119,7 +167,7 @@ _FLAG_OK = {'cudnn.deterministic': True, 'cudnn.benchmark': False, 'deterministi
 def _flags_note(a:RunRecord, b:RunRecord) -> str:
     off = sorted({k for r in (a, b) for f in r.fits for k, v in _FLAG_OK.items()
                   if (f.get('env') or {}).get('flags', {}).get(k, v) != v})
-    if off: return f"determinism flags were off: {', '.join(off)}; keep ReproducibleCallback(deterministic=True)"
+    if off: return f"determinism flags were off in both: {', '.join(off)}; keep ReproducibleCallback(deterministic=True)"
     return ('every determinism flag was on: an operation with no deterministic implementation (see torch\'s warnings; '
             'strict=True makes them errors) or an outside source of entropy (os.urandom, time, threads) is at work')
 
@@ -138,26 +186,37 @@ def _batch_cause(fd:Divergence) -> tuple:
 # %% ../nbs/02_compare.ipynb #46465745
 @dataclass
 class Comparison:
-    "What differs between two runs, the first batch where they part, and why"
+    "What differs between two runs, the first batch where they part, why, and how much was compared"
     same:bool
     causes:list # cause codes, most fundamental first
     first_divergence:Divergence|None
     components:dict # component -> True when the two runs agree on it
     details:dict = field(default_factory=dict) # component -> what differs
     fixes:dict = field(default_factory=dict) # cause -> explanation and fix
+    coverage:dict = field(default_factory=dict) # batches compared, and recorded by one run only
+    inert:dict = field(default_factory=dict) # component -> a setting that differs but changed nothing recorded
 
+    def verdict(self) -> str:
+        "One line: SAME or DIFFER, the causes, where, and how much was compared"
+        cov = self.coverage
+        seen = f"{cov.get('compared', 0)} batches compared" + ''.join(
+            f', {cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov.get(k))
+        inert = f"; settings that differ but changed nothing recorded: {', '.join(self.inert)}" if self.inert else ''
+        if self.same: return f'SAME: the runs are bit-identical in every recorded fingerprint ({seen}){inert}'
+        fd = f' (first at {self.first_divergence})' if self.first_divergence else ''
+        return f"{'EMPTY' if self.causes == ['empty'] else 'DIFFER'}: {', '.join(self.causes)}{fd}; {seen}"
+
+    def _status(self, k) -> str: return 'same' if self.components[k] else 'inert' if k in self.inert else 'DIFFERS'
     def report(self) -> str:
         "A short table, the verdict first"
-        if self.same: head = 'SAME: the runs are bit-identical in every recorded fingerprint'
-        else: head = f"DIFFER: {', '.join(self.causes)}" + (f' (first at {self.first_divergence})' if self.first_divergence else '')
-        rows = [f'{k:<16} {"same" if v else "DIFFERS":<8} {self.details.get(k, "")}' for k, v in self.components.items()]
-        return '\n'.join([head, '', f"{'component':<16} {'':<8} detail", *rows, '', *[f'{c}: {f}' for c, f in self.fixes.items()]])
+        rows = [f'{k:<16} {self._status(k):<8} {self.details.get(k, "")}' for k in self.components]
+        return '\n'.join([self.verdict(), '', f"{'component':<16} {'':<8} detail", *rows, '',
+                          *[f'{c}: {f}' for c, f in self.fixes.items()]])
 
     def _repr_markdown_(self):
-        rows = '\n'.join(f'| {k} | {"same" if v else "**differs**"} | {self.details.get(k, "")} |' for k, v in self.components.items())
+        rows = '\n'.join(f'| {k} | {self._status(k).lower()} | {self.details.get(k, "")} |' for k in self.components)
         fixes = '\n'.join(f'- **{c}**: {f}' for c, f in self.fixes.items())
-        head = self.report().splitlines()[0]
-        return f'**{head}**\n\n| component | | detail |\n|---|---|---|\n{rows}\n\n{fixes}'
+        return f'**{self.verdict()}**\n\n| component | | detail |\n|---|---|---|\n{rows}\n\n{fixes}'
     def __str__(self): return self.report()
 
 # %% ../nbs/02_compare.ipynb #863ab86a
@@ -184,24 +243,52 @@ def interruption(a:RunRecord, b:RunRecord) -> tuple|None:
 
 def _before(rec:RunRecord, fit:int, at:tuple) -> RunRecord:
     "`rec` up to where fit `fit` stopped (`at`): earlier fits, that fit's starting facts and its batches before `at`"
-    rows = []
-    if set(BATCH_KEYS) <= set(rec.columns): # a record with no batch rows has no such columns
-        f, e, ph, it = (rec.columns.index(k) for k in BATCH_KEYS)
-        rows = [r for r in rec.rows if r[f] < fit or (r[f] == fit and (r[e], 0 if r[ph] == 'train' else 1, r[it]) < at)]
+    df = rec.batches
+    if len(df):
+        e, p, i = df.epoch.to_numpy(), (df.phase != 'train').to_numpy(dtype=int), df['iter'].to_numpy()
+        earlier = (e < at[0]) | ((e == at[0]) & ((p < at[1]) | ((p == at[1]) & (i < at[2]))))
+        df = df[(df.fit.to_numpy() < fit) | ((df.fit.to_numpy() == fit) & earlier)]
     last = {k: v for k, v in rec.fits[fit].items() if k not in ('final_weights', 'metrics', 'end')}
-    return RunRecord(rec.fits[:fit] + [last], rows, rec.events, rec.columns)
+    return RunRecord(rec.fits[:fit] + [last], events=rec.events, columns=rec.columns, frame=df)
 
 # %% ../nbs/02_compare.ipynb #f27f2963
 def _load(r) -> RunRecord: return r if isinstance(r, RunRecord) else RunRecord.load(r)
 
+def _load_both(a, b) -> tuple:
+    "Records `a` and `b`; two files are read at once, in two threads (pandas' parser lets go of the GIL)"
+    if isinstance(a, RunRecord) or isinstance(b, RunRecord): return _load(a), _load(b)
+    with ThreadPoolExecutor(2) as ex: return tuple(ex.map(_load, (a, b)))
+
+def _empty(a:RunRecord, b:RunRecord) -> Comparison|None:
+    "The comparison of records of which one holds no fit and no batch, or `None`"
+    empty = [n for n, r in (('a', a), ('b', b)) if not r.fits and not len(r)]
+    if not empty: return None
+    detail = ' and '.join(f'run {n}' for n in empty) + (' hold' if len(empty) == 2 else ' holds')
+    detail += ' no fit and no batch'
+    return Comparison(False, ['empty'], None, {}, {'empty': detail}, {'empty': FIXES['empty'].format(detail=detail)},
+                      dict(compared=0, only_a=len(a), only_b=len(b)))
+
+def _causes(facts:dict, fd, a:RunRecord, b:RunRecord) -> tuple:
+    "The causes of an outcome that differs, most fundamental first, and the detail of each"
+    causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
+    if set(causes) & {'env', 'seed', 'architecture'}: causes = [c for c in causes if c != 'init_weights'] # downstream
+    if 'items' in causes: causes = [c for c in causes if c != 'split'] # other items make another split
+    if not causes and fd is not None:
+        cause, detail = _batch_cause(fd)
+        causes, why[cause] = [cause], detail if cause != 'nondeterminism' else _flags_note(a, b)
+    if not causes and 'final_weights' in facts: causes = ['final_weights']
+    return causes, why
+
 def compare(a, b, partial:bool=False) -> Comparison:
     "Compare two runs (`RunRecord`s or paths); `partial`: `b` is a run still under way, compare what it has so far"
-    a, b = _load(a), _load(b)
+    a, b = _load_both(a, b)
+    if (c := _empty(a, b)): return c
     stop = interruption(a, b)
     if stop: a, b = _before(a, *stop[:2]), _before(b, *stop[:2])
     facts = _fact_diffs(a.fits, b.fits, partial)
     j, d = diffs = batch_diffs(a, b)
-    fd = first_divergence(a, b, diffs)
+    fd, n = first_divergence(a, b, diffs), 0 if j is None else len(j)
+    cov = dict(compared=n, only_a=len(a) - n, only_b=0 if partial else len(b) - n)
     comps, details = {c: c not in facts for c in FACTS if c != 'final_weights'}, dict(facts)
     for g in ('rng', 'inputs', 'targets', 'loss'):
         cs = [] if d is None else [c for c in d.columns if (c.startswith('rng_') if g == 'rng' else c == g)]
@@ -211,16 +298,16 @@ def compare(a, b, partial:bool=False) -> Comparison:
     comps['final_weights'] = 'final_weights' not in facts
     comps['end'] = stop is None and 'cancelled' not in (fd.components if fd else [])
     if stop: details['end'] = stop[2]
-    causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
-    if set(causes) & {'env', 'seed', 'architecture'}: causes = [c for c in causes if c != 'init_weights'] # downstream
-    if 'items' in causes: causes = [c for c in causes if c != 'split'] # other items make another split
-    if not causes and fd is not None:
-        cause, detail = _batch_cause(fd)
-        causes, why[cause] = [cause], detail if cause != 'nondeterminism' else _flags_note(a, b)
-    if not causes and 'final_weights' in facts: causes = ['final_weights']
+    outcome = (fd is not None or {'init_weights', 'final_weights'} & set(facts)
+               or (len(a.fits) != len(b.fits) and not partial))
+    inert = {} if outcome else {c: facts.pop(c) for c in list(facts)} # settings that changed nothing recorded
+    causes, why = _causes(facts, fd, a, b)
     if stop and 'interrupted' not in causes: causes, why['interrupted'] = causes + ['interrupted'], stop[2]
+    if not causes and (cov['only_a'] or cov['only_b']) and not partial:
+        causes, why['incomplete'] = ['incomplete'], f"{n} batches compared and bit-identical, but " + ' and '.join(
+            f'{cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov[k])
     fixes = {c: FIXES[c].format(detail=why.get(c), where=fd) for c in causes}
-    return Comparison(not causes, causes, fd, comps, details, fixes)
+    return Comparison(not causes, causes, fd, comps, details, fixes, cov, inert)
 
 # %% ../nbs/02_compare.ipynb #3a4ec4ea
 def plot_divergence(a, b, figsize=(9, 4)):

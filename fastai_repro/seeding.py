@@ -153,6 +153,13 @@ def _put_back(dl):
         random.setstate(dl._repro_saved[0]); torch.default_generator.set_state(dl._repro_saved[1])
         dl._repro_saved = None
 
+class _KeyedEnd:
+    "`dl.after_iter` that first puts back what the items drew: those of a last batch that `drop_last` drops, say"
+    def __init__(self, dl, orig=None): self.dl, self.orig = dl, orig # `orig`: an `after_iter` the loader was given
+    def __call__(self):
+        _put_back(self.dl)
+        return self.orig() if self.orig is not None else type(self.dl).after_iter(self.dl)
+
 class _KeyedBatch:
     "Mixin for a loader's `after_batch` pipeline: each batch's transforms run seeded from its position in the epoch"
     def __call__(self, b, *args, **kwargs):
@@ -181,6 +188,7 @@ def isolate_loader(dl, key:tuple):
     outer, dl = dl, _unwrap(dl) # a `DistributedDL` runs its own workers, but its inner loader's shuffle, items and batches
     rank = outer.__dict__.get('rank', 0) if outer is not dl else 0 # the rank whose shard the wrapper cuts
     ab, rk = _batch_pipeline(dl), (('rank', rank),) if rank else ()
+    if '_repro_key' in dl.__dict__: _put_back(dl) # isolated again (the next epoch): first give back what is pending
     dl._repro_key, dl._repro_rank, dl._repro_batches, dl._repro_saved = key, rk, 0, None
     dl._repro_items = derive_seed(*key, 'item')
     dl._repro_put_back_items = ab is None # with no batch pipeline to do it once a batch, put back after each item
@@ -189,6 +197,7 @@ def isolate_loader(dl, key:tuple):
         outer.fake_l.generator = torch.Generator().manual_seed(derive_seed(*key, 'workers', *rk))
     if outer is not dl: outer._broadcast = broadcast_indices
     if not isinstance(dl.__dict__.get('do_item'), _KeyedItem): dl.do_item = _KeyedItem(dl)
+    if not isinstance(dl.__dict__.get('after_iter'), _KeyedEnd): dl.after_iter = _KeyedEnd(dl, dl.__dict__.get('after_iter'))
     if ab is not None and not isinstance(ab, _KeyedBatch):
         ab._repro_dl = dl
         ab.__class__ = type(f'Keyed{type(ab).__name__}', (_KeyedBatch, type(ab)), {})
@@ -200,6 +209,10 @@ def release_loader(dl):
     if getattr(outer, 'fake_l', None) is not None: outer.fake_l.__dict__.pop('generator', None)
     outer.__dict__.pop('_broadcast', None)
     if isinstance(dl.__dict__.get('do_item'), _KeyedItem): del dl.do_item
+    end = dl.__dict__.get('after_iter')
+    if isinstance(end, _KeyedEnd):
+        if end.orig is None: del dl.after_iter
+        else: dl.after_iter = end.orig
     ab = _batch_pipeline(dl)
     if isinstance(ab, _KeyedBatch):
         ab.__class__ = type(ab).__mro__[2]

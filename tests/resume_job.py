@@ -25,7 +25,7 @@ def main(mode, folder, callback):
     folder = Path(folder)
     ft, resume = mode.startswith('ft_'), mode.endswith('resume')
     if not callback: set_seed(21)
-    dls = digits_dls(folder/'digits', seed=21, size=32)
+    dls = digits_dls(folder/'digits', seed=21, size=16, bs=32)
     cbs = [ReproducibleCallback(21, compare_previous=False, first_fit=1 if ft and resume else 0)] if callback else []
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

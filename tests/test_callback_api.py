@@ -26,9 +26,9 @@ def other_session(dls, s):
     return dls
 
 @pytest.mark.parametrize('how', ['fit', 'fit_one_cycle'])
-def test_vision_learner(new_dls, how):
+def test_vision_learner(vision_dls, how):
     def run(cb, s):
-        dls = other_session(new_dls(), s)
+        dls = other_session(vision_dls(), s)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             cbs = [ReproducibleCallback(21, compare_previous=False)] if cb else []
@@ -59,9 +59,9 @@ def test_callback_attached_later(new_dls, attach):
     assert_same(run(True), run(True))
     assert not same_run(run(False), run(False))
 
-def test_get_preds_and_validate_do_not_disturb(new_dls):
+def test_get_preds_and_validate_do_not_disturb(vision_dls):
     def run(inference):
-        learn = make_learner(new_dls())
+        learn = make_learner(vision_dls())
         with learn.no_bar(), learn.no_logging():
             learn.fit_one_cycle(1)
             if inference: learn.get_preds(); learn.validate(); learn.get_preds(dl=learn.dls.test_dl(learn.dls.valid_ds.items[:5]))

@@ -45,7 +45,7 @@ def fit1(learn): learn.fit_one_cycle(1)
 VISION = {
     'MixUp': ([MixUp], fit1),
     'CutMix': ([CutMix], fit1),
-    'GradientAccumulation': ([lambda: GradientAccumulation(n_acc=128)], fit1), # a step every 2 batches of 64
+    'GradientAccumulation': ([lambda: GradientAccumulation(n_acc=64)], fit1), # a step every 2 batches of 32
     'SaveModelCallback': ([lambda: SaveModelCallback(fname='best')], lambda l: l.fit_one_cycle(2)),
     'EarlyStopping': ([lambda: EarlyStoppingCallback(patience=0, min_delta=10)], lambda l: l.fit(3)), # stops after 2
     'ReduceLROnPlateau': ([lambda: ReduceLROnPlateau(patience=0, min_delta=10)], lambda l: l.fit(3)), # lowered for epoch 3
@@ -57,10 +57,11 @@ VISION = {
 }
 
 @pytest.mark.parametrize('name', list(VISION))
-def test_vision_with(name, new_dls, tmp_path):
+def test_vision_with(name, vision_dls, tmp_path):
+    "On the small digits (192 images of 16 px): each scenario trains four times"
     cbs, train = VISION[name]
     def build(cb):
-        dls = new_dls()
+        dls = vision_dls()
         if not cb: scramble()
         return make_learner(dls, cb, cbs=[f() for f in cbs])
     runs = check(build, train, tmp_path, bar=name == 'ShowGraphCallback')

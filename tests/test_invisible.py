@@ -2,6 +2,7 @@
 interrupted fits, compares only re-runs of one experiment, and refuses bad arguments when it is built."""
 import os, random, warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 import numpy as np, pytest, torch
 from torch import nn
 from fastai.callback.core import Callback, CancelBatchException, CancelFitException
@@ -97,18 +98,36 @@ def test_interrupted_fit_is_marked_and_named(exc, status):
         assert c.fixes['interrupted'].startswith(f'{who} stopped at fit 0, epoch 1, train batch 2 ({status}: ')
     assert compare(stopped, run_stopped(exc)).same # two runs stopped alike are the same run
 
-class StopAfter(Callback):
+class Hidden(Callback):
+    "A test callback in every run that acts only while its class's `on` is set: the runs' callbacks are the same"
+    on = False # a switch outside every setting, as a stray draw or a stop in user code would be
+
+@contextmanager
+def switched(*classes):
+    "Turn on the `Hidden` callbacks of `classes` for the block"
+    for c in classes: c.on = True
+    try: yield
+    finally:
+        for c in classes: c.on = False
+
+class StopAfter(Hidden):
     "Cancels the fit after training batch 2 of epoch 0 has finished (as `TerminateOnNaNCallback` does)"
     def after_batch(self):
-        if self.training and self.learn.iter == 2: raise CancelFitException()
+        if StopAfter.on and self.training and self.learn.iter == 2: raise CancelFitException()
+
+class ExtraDraw(Hidden):
+    "Draws from torch's generator after each batch: an accidental difference"
+    def after_batch(self):
+        if ExtraDraw.on: torch.rand(1)
 
 def test_stop_between_batches_compares_the_finished_ones():
-    stopped = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), StopAfter()]))
+    synth = lambda: synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), ExtraDraw(), StopAfter()])
+    with switched(StopAfter): stopped = quiet_fit(synth())
     end = stopped.reproducible.record.fits[0]['end']
     assert (end['epoch'], end['phase'], end['iter']) == (0, 'train', 3) # the first batch it did not finish
     assert 'cancelled' not in stopped.reproducible.record.columns # batch 2 ran to its end
-    full = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)))
-    noisy = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), ExtraDraw()]))
+    full = quiet_fit(synth())
+    with switched(ExtraDraw): noisy = quiet_fit(synth())
     assert compare(full.reproducible.record, stopped.reproducible.record).causes == ['interrupted']
     c = compare(noisy.reproducible.record, stopped.reproducible.record) # differs from batch 1 on: still seen
     assert c.causes == ['rng', 'interrupted'] and c.first_divergence.iter == 1, c.report()
@@ -133,30 +152,26 @@ def test_failed_inference_call_closes_what_it_opened():
     after = get_rng_state(learn.dls)
     assert after['random'] == rng['random'] and torch.equal(after['torch'], rng['torch'])
 
-class SkipBatch(Callback):
+class SkipBatch(Hidden):
     "Cancels training batch 1 of each epoch after its forward pass"
     def after_pred(self):
-        if self.training and self.learn.iter == 1: raise CancelBatchException()
+        if SkipBatch.on and self.training and self.learn.iter == 1: raise CancelBatchException()
 
 def test_cancelled_batch_row():
     learn = synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), SkipBatch()])
-    rec = quiet_fit(learn, 1).reproducible.record
+    with switched(SkipBatch): rec = quiet_fit(learn, 1).reproducible.record
     rows = rec.batches.set_index(['phase', 'iter'])
     skipped, before = rows.loc[('train', 1)], rows.loc[('train', 0)]
     assert skipped.cancelled == True and skipped.isna()['loss'] # not the loss of batch 0, which `learn.loss` still holds
     assert not skipped.isna()['rng_torch_step'] # torch's state after this batch, its own value
     assert rows.cancelled.sum() == 1 and not before.isna()['loss']
-    full = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)), 1).reproducible.record
-    c = compare(full, rec)
+    full = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), SkipBatch()]), 1)
+    c = compare(full.reproducible.record, rec)
     assert c.causes == ['interrupted'] and 'train batch 1 was cancelled' in c.fixes['interrupted'], c.report()
 
 # --- live comparison only with a re-run of the same experiment ----------------------------------------------------
-class ExtraDraw(Callback):
-    "Draws from torch's generator after each batch: an accidental difference"
-    def after_batch(self): torch.rand(1)
-
 def test_unrelated_experiments_do_not_warn_each_other():
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), switched(ExtraDraw):
         warnings.simplefilter('error', ReproducibilityWarning)
         quiet_fit(synth_learner(cbs=ReproducibleCallback(21)), 1)
         quiet_fit(synth_learner(n_trn=20, cbs=[ReproducibleCallback(21), ExtraDraw()]), 1) # another experiment
@@ -165,7 +180,8 @@ def test_a_rerun_of_the_same_code_is_compared():
     "The contrast: the same line run twice (a loop, a notebook cell run again) is compared, and warns once"
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
-        for extra in ([], [ExtraDraw()]): quiet_fit(synth_learner(cbs=[ReproducibleCallback(21)] + extra), 1)
+        for extra in (False, True):
+            with switched(*[ExtraDraw] * extra): quiet_fit(synth_learner(cbs=[ReproducibleCallback(21), ExtraDraw()]), 1)
     divergences = [w for w in ws if issubclass(w.category, ReproducibilityWarning) and 'differs' in str(w.message)]
     assert len(divergences) == 1 and 'rng:' in str(divergences[0].message)
 

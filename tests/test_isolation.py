@@ -56,8 +56,9 @@ def jobs(folder, callback, *modes):
 def equal(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 @pytest.fixture
-def job_folder(digits, tmp_path):
-    shutil.copytree(digits, tmp_path/'digits')
+def job_folder(small_digits, tmp_path):
+    "The small digits (192 images of 16 px), copied where the jobs save their checkpoints"
+    shutil.copytree(small_digits, tmp_path/'digits')
     return tmp_path
 
 @pytest.mark.parametrize('prefix', ['', 'ft_'])

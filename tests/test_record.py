@@ -37,7 +37,7 @@ def test_saved_record_round_trips_and_is_small(new_dls, tmp_path):
     batch_bytes = sum(len(l) for l in path.read_text().splitlines(True) if l.startswith('['))
     assert batch_bytes / len(rec.rows) <= 512
     head = json.loads(path.read_text().splitlines()[0])
-    assert head['format'] == 'fastai_repro.RunRecord' and head['version'] == 1
+    assert head['format'] == 'fastai_repro.RunRecord' and head['version'] == 2
 
 def test_export_carries_no_record(new_dls, tmp_path):
     learn = make_learner(new_dls())
