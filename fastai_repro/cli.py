@@ -64,7 +64,10 @@ def demo(seed:int=21, epochs:int=1, arch:str='resnet18', data:str|None=None, siz
 # %% ../nbs/05_cli.ipynb #2acc35b9
 def diff(a, b) -> int:
     "Print why the runs saved in files `a` and `b` differ; exit code 0 same, 1 differ, 2 bad input or error"
-    try: c = compare(Path(a), Path(b))
+    try:
+        c = compare(Path(a), Path(b))
+        sys.stdout.reconfigure(errors='backslashreplace') # a fact's text this console cannot show is no failure
+        print(c.report())
     except (OSError, RecordError) as e:
         print(f'fastai-repro diff: {e}', file=sys.stderr)
         return 2
@@ -72,7 +75,6 @@ def diff(a, b) -> int:
         traceback.print_exc()
         print(f'fastai-repro diff: internal error ({type(e).__name__}: {e}); please report it', file=sys.stderr)
         return 2
-    print(c.report())
     return 0 if c.same else 1
 
 # %% ../nbs/05_cli.ipynb #f9e2359e

@@ -10,8 +10,8 @@ import numpy as np, pandas as pd
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 
 # %% auto #0
-__all__ = ['FACTS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs', 'first_divergence',
-           'Comparison', 'interruption', 'compare', 'plot_divergence']
+__all__ = ['FACTS', 'OBSERVERS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs',
+           'first_divergence', 'Comparison', 'interruption', 'compare', 'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
 _ENV_PARTS = ('threads', 'flags', 'precision') # compared apart from the rest of the environment
@@ -20,8 +20,10 @@ FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the
     'seed': ('fit', ('seed', 'fit_seed')), 'items': ('fit', ('items',)), 'split': ('fit', ('split',)),
     'dataloader': ('fit', ('dataloaders',)), 'architecture': ('fit', ('architecture',)),
     'init_weights': ('fit', ('init_weights',)), 'optimizer': ('fit', ('optimizer',)),
-    'loss_func': ('fit', ('loss_func',)), 'callbacks': ('fit', ('callbacks',)), 'hyperparameters': ('fit', ('call', 'n_epoch', 'hypers', 'learner')),
-    'final_weights': ('fit', ('final_weights',))}
+    'loss_func': ('fit', ('loss_func',)), 'callbacks': ('fit', ('callbacks',)),
+    'hyperparameters': ('fit', ('call', 'n_epoch', 'hypers', 'learner')), 'final_weights': ('fit', ('final_weights',))}
+OBSERVERS = ('fastai.callback.progress.ProgressCallback', 'fastai.callback.progress.ShowGraphCallback',
+             'fastai.callback.progress.CSVLogger') # fastai's callbacks that only watch: `no_bar()` changes no number
 
 def fact(comp:str, f:dict) -> dict:
     "What component `comp` compares of a fit's facts `f`"
@@ -31,6 +33,8 @@ def fact(comp:str, f:dict) -> dict:
     res = {k: d.get(k) for k in keys}
     if comp == 'flags' and isinstance(res['flags'], dict): # whether a kernel with no deterministic form warns or raises
         res['flags'] = {k: v for k, v in res['flags'].items() if k != 'warn_only'} # changes no number
+    if comp == 'callbacks':
+        res['callbacks'] = [c for c in res['callbacks'] or [] if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
     return res
 
 def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
@@ -235,6 +239,7 @@ def interruption(a:RunRecord, b:RunRecord) -> tuple|None:
         ends = {'a': fa.get('end'), 'b': fb.get('end')}
         if None in ends.values() or _where_stopped(ends['a']) == _where_stopped(ends['b']): continue # or under way
         stops = {n: e for n, e in ends.items() if e.get('status') != 'completed'}
+        if not stops: continue # both completed (a hand-made `end` with a position): nothing stopped
         desc = '; '.join(f"run {n} stopped at fit {i}, epoch {e.get('epoch')}, {e.get('phase')} batch {e.get('iter')} "
                          f"({e.get('status')}: {e.get('reason')})" for n, e in stops.items())
         if len(stops) == 1: desc += f" while run {'ab'[next(iter(stops)) == 'a']} completed it"
@@ -268,6 +273,12 @@ def _empty(a:RunRecord, b:RunRecord) -> Comparison|None:
     return Comparison(False, ['empty'], None, {}, {'empty': detail}, {'empty': FIXES['empty'].format(detail=detail)},
                       dict(compared=0, only_a=len(a), only_b=len(b)))
 
+def _lone_columns(a:RunRecord, b:RunRecord, partial:bool) -> dict:
+    "The compared batch columns that one run recorded and the other did not (a CUDA generator, say): not compared"
+    if partial or not len(a) or not len(b): return {}
+    ca, cb = (set(batch_columns(pd.DataFrame(columns=r.columns))) - {'cancelled'} for r in (a, b))
+    return {k: sorted(v) for k, v in (('columns_a', ca - cb), ('columns_b', cb - ca)) if v}
+
 def _causes(facts:dict, fd, a:RunRecord, b:RunRecord) -> tuple:
     "The causes of an outcome that differs, most fundamental first, and the detail of each"
     causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
@@ -288,7 +299,7 @@ def compare(a, b, partial:bool=False) -> Comparison:
     facts = _fact_diffs(a.fits, b.fits, partial)
     j, d = diffs = batch_diffs(a, b)
     fd, n = first_divergence(a, b, diffs), 0 if j is None else len(j)
-    cov = dict(compared=n, only_a=len(a) - n, only_b=0 if partial else len(b) - n)
+    cov = dict(compared=n, only_a=len(a) - n, only_b=0 if partial else len(b) - n, **_lone_columns(a, b, partial))
     comps, details = {c: c not in facts for c in FACTS if c != 'final_weights'}, dict(facts)
     for g in ('rng', 'inputs', 'targets', 'loss'):
         cs = [] if d is None else [c for c in d.columns if (c.startswith('rng_') if g == 'rng' else c == g)]
@@ -303,9 +314,10 @@ def compare(a, b, partial:bool=False) -> Comparison:
     inert = {} if outcome else {c: facts.pop(c) for c in list(facts)} # settings that changed nothing recorded
     causes, why = _causes(facts, fd, a, b)
     if stop and 'interrupted' not in causes: causes, why['interrupted'] = causes + ['interrupted'], stop[2]
-    if not causes and (cov['only_a'] or cov['only_b']) and not partial:
-        causes, why['incomplete'] = ['incomplete'], f"{n} batches compared and bit-identical, but " + ' and '.join(
-            f'{cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov[k])
+    lone = [f'{cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov[k]]
+    lone += [f"column {', '.join(cov[k])} recorded by run {k[-1]} only" for k in ('columns_a', 'columns_b') if cov.get(k)]
+    if not causes and lone and not partial:
+        causes, why['incomplete'] = ['incomplete'], f"{n} batches compared and bit-identical, but " + ' and '.join(lone)
     fixes = {c: FIXES[c].format(detail=why.get(c), where=fd) for c in causes}
     return Comparison(not causes, causes, fd, comps, details, fixes, cov, inert)
 

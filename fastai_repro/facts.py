@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from .seeding import determinism_flags, distributed
-from .digests import arch_digest, mix, text_digest, weights_digest
+from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
 # %% auto #0
 __all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_flags', 'environment', 'data_facts',
@@ -18,7 +18,7 @@ __all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_
            'learner_settings', 'fit_facts']
 
 # %% ../nbs/01a_facts.ipynb #7bc9ba95
-ENV_VARS = ('PYTHONHASHSEED', 'CUBLAS_WORKSPACE_CONFIG', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING',
+ENV_VARS = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING', # CUBLAS_WORKSPACE_CONFIG: in `flags`
             'NVIDIA_TF32_OVERRIDE', 'MKL_CBWR', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA',
             'KMP_DETERMINISTIC_REDUCTION')
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
@@ -93,13 +93,36 @@ def dataloader_settings(dl) -> dict:
 # %% ../nbs/01a_facts.ipynb #282c82b2
 FIT_METHODS = ('fine_tune', 'fit_one_cycle', 'fit_flat_cos', 'fit_sgdr', 'lr_find', 'fit')
 
-def jsonable(o):
-    "`o` as JSON-safe values: numbers, strings, lists and dicts; anything else by its `repr`"
+def jsonable(o, depth:int=0):
+    "`o` as JSON-safe values: numbers, strings, lists, dicts; arrays in full or by digest; else its settings or `repr`"
     if isinstance(o, (np.generic, torch.Tensor)) and np.ndim(o) == 0: return o.item()
     if o is None or isinstance(o, (bool, int, float, str)): return o
-    if isinstance(o, (list, tuple, L)): return [jsonable(v) for v in o]
-    if isinstance(o, dict): return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, (torch.Tensor, np.ndarray)): return _array(o)
+    if depth > 6: return _no_address(repr(o))
+    if isinstance(o, (list, tuple, L)): return [jsonable(v, depth + 1) for v in o]
+    if isinstance(o, dict): return {str(k): jsonable(v, depth + 1) for k, v in o.items()}
+    if isinstance(o, torch.distributions.Distribution): # MixUp's Beta(alpha, alpha): its parameters, not `Beta()`
+        return {type(o).__name__: {k: jsonable(getattr(o, k, None), depth + 1) for k in o.arg_constraints}}
+    own = _own_settings(o) # an object's settings (a schedule's function and ends), not its address
+    if own: return {type(o).__name__: {k: jsonable(v, depth + 1) for k, v in own.items()}}
     return _no_address(repr(o))
+
+def _own_settings(o, names=None) -> dict:
+    "`o`'s attributes named like its `__init__` parameters or `store_attr` arguments (or `names`), as it holds them"
+    if names is None:
+        names = list(getattr(o, '__stored_args__', None) or {})
+        try: names += list(inspect.signature(type(o).__init__).parameters)[1:]
+        except (TypeError, ValueError): pass
+    own = {**getattr(o, '_buffers', {}), **vars(o)} if hasattr(o, '__dict__') else {} # not what `GetAttr` delegates
+    names = list(names) + [k for k, v in own.items() if isinstance(v, torch.distributions.Distribution)] # MixUp's Beta
+    return {k: own[k] for k in dict.fromkeys(names) if k in own and k not in ('learn', 'self')}
+
+def _array(a) -> list|str:
+    "A tensor or array in full when small, else its shape, dtype and a digest of its bytes (`repr` rounds and elides)"
+    if (a.size if isinstance(a, np.ndarray) else a.numel()) <= 16: return a.tolist()
+    t = torch.as_tensor(a).detach().cpu().contiguous().reshape(-1)
+    b = (t if t.dtype == torch.bool else t.view(torch.uint8)).numpy().tobytes()
+    return f'<{type(a).__name__} {tuple(a.shape)} {a.dtype} {bytes_digest(b) & (2**64 - 1):016x}>'
 
 def fit_call(learn) -> list:
     "The `Learner` methods on the stack that led to this fit, outermost first, with their arguments"
@@ -120,13 +143,7 @@ def _short(v, most:int=200):
 
 def settings(o) -> dict:
     "The settings of callback or loss `o`: `repro_settings`, else `store_attr` arguments and `__init__` parameters"
-    names = getattr(type(o), 'repro_settings', None)
-    if names is None:
-        names = list(getattr(o, '__stored_args__', None) or {})
-        try: names += list(inspect.signature(type(o).__init__).parameters)[1:]
-        except (TypeError, ValueError): pass
-    own = {**getattr(o, '_buffers', {}), **vars(o)} if hasattr(o, '__dict__') else {} # not what `GetAttr` delegates
-    return {k: _short(own[k]) for k in dict.fromkeys(names) if k in own and k not in ('learn', 'self')}
+    return {k: _short(v) for k, v in _own_settings(o, getattr(type(o), 'repro_settings', None)).items()}
 
 def _name(f) -> str:
     "A callable's module and qualified name; a `partial` with its arguments"
@@ -160,5 +177,5 @@ def fit_facts(learn) -> dict:
     "Everything a user can change that goes into a fit: environment, call, training, data, model"
     return dict(env=environment(), call=fit_call(learn), n_epoch=learn.n_epoch, hypers=jsonable(learn.opt.hypers),
                 learner=learner_settings(learn), optimizer=optimizer_facts(learn), loss_func=loss_facts(learn.loss_func),
-                callbacks=callback_facts(learn.cbs), **data_facts(learn.dls),
+                callbacks=callback_facts(sorted(learn.cbs, key=lambda c: c.order)), **data_facts(learn.dls), # as run
                 architecture=arch_digest(learn.model), init_weights=weights_digest(learn.model))

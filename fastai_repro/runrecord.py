@@ -310,6 +310,7 @@ class _Reader:
                              true_values=['true'], false_values=['false'])
         except Exception: return None # not what the writer writes: read it line by line, to name the line
         bools = int(df[[c for c, k in zip(cols, kinds) if k == 'flag']].notna().sum().sum())
-        if (len(df) != n or df[['fit', 'epoch', 'iter']].isna().any(axis=None) or not df.phase.isin(('train', 'valid')).all()
+        keys = df[['fit', 'epoch', 'iter']]
+        if (len(df) != n or keys.isna().any(axis=None) or (keys < 0).any(axis=None) or not df.phase.isin(('train', 'valid')).all()
             or rows.count(b'true') + rows.count(b'false') != bools): return None # true/false elsewhere: read as 1.0, 0.0
         return fits, events, self.unique(df, range(first, first + n))

@@ -49,6 +49,15 @@ def test_optimizer_and_loss_are_named(vision_dls, change, cause):
     c = compare(a, fit1(make_learner(vision_dls(), **change)))
     assert c.causes == [cause], c.report()
 
+def test_progress_bar_is_no_difference(vision_dls):
+    "A run with fastai's progress bar and one under `no_bar()` (no `ProgressCallback`) are the same run"
+    a = fit1(make_learner(vision_dls()))
+    learn = make_learner(vision_dls())
+    with learn.no_logging(): learn.fit(1) # with its bar
+    c = compare(a, learn.reproducible.record)
+    assert c.same and not c.inert, c.report()
+    assert any(cb['name'].endswith('ProgressCallback') for cb in learn.reproducible.record.fits[0]['callbacks'])
+
 def test_partial_coverage_is_not_same(vision_dls):
     "Batches recorded by one run only are said, not ignored: every=1 against every=2, rows missing, an empty record"
     a = fit1(make_learner(vision_dls()))
