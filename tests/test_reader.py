@@ -1,6 +1,6 @@
 """A record reader that never crashes (issue 11): every damaged file is a `RecordError` naming the line, never another
 exception; `fastai-repro diff` exits 2 for a bad file (1 means only that the runs differ) and imports no torch."""
-import codecs, json, random, subprocess, sys, zlib
+import codecs, json, os, random, subprocess, sys, zlib
 import pytest
 from fastai.test_utils import synth_learner
 from fastai_repro.all import ReproducibleCallback, RecordError, RunRecord
@@ -114,3 +114,12 @@ def test_diff_imports_no_torch_or_fastai(saved):
             "print(rc, sorted(m for m in ('torch', 'fastai', 'fastcore') if m in sys.modules))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("0 []"), out
+
+def test_diff_prints_facts_a_console_cannot_show(saved, tmp_path):
+    "A fact in a script the console's encoding lacks is no crash: exit 1 (the runs differ), not a traceback"
+    other = RunRecord.load(saved)
+    other.fits[0]['call'][0]['args']['note'], other.fits[0]['init_weights'] = 'café \ud800', 1
+    b = other.save(tmp_path/'b.jsonl')
+    r = subprocess.run([sys.executable, '-m', 'fastai_repro', 'diff', str(saved), str(b)], capture_output=True,
+                       env={**os.environ, 'PYTHONIOENCODING': 'ascii'})
+    assert r.returncode == 1 and b'Traceback' not in r.stderr and r.stdout.startswith(b'DIFFER'), r.stderr[-500:]
