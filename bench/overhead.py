@@ -6,7 +6,7 @@ batch (`isolate_data=False`); and the default (recording and data isolation). Re
 process's CPU time (less disturbed by other load on a shared machine), the median of the per-round ratios to the
 arm without the callback; a microbenchmark of the per-batch recording steps; and the record's size.
 
-    python bench/overhead.py [--rounds 5] [--n N] [--arms seeding recording isolated]
+    python bench/overhead.py [--rounds 5] [--n N] [--arms seeding recording isolated] [--isolation-only]
 """
 import argparse, functools, os, platform, statistics, sys, tempfile, time, timeit, warnings
 from pathlib import Path
@@ -40,36 +40,41 @@ def micro(learn, n=2000):
     return dict(fingerprints=us(lambda: (generator_fingerprints(learn.dls), step_fingerprints())),
                 inputs_digest=us(lambda: tensors_digest((xb,))), targets_digest=us(lambda: tensors_digest((yb,))))
 
-def timed(f, acc:dict, key:str, when=None):
-    "`f`, adding the seconds each call takes (where `when(*args)`) to `acc[key]`"
+def timed(f, acc:dict, key:str, when=None, depth:dict|None=None):
+    "`f`, adding the seconds each call takes (where `when()`) to `acc[key]`; `depth[key]` counts the calls under way"
     @functools.wraps(f)
     def _f(*args, **kwargs):
-        if when is not None and not when(*args): return f(*args, **kwargs)
+        if when is not None and not when(): return f(*args, **kwargs)
         t = time.perf_counter()
+        if depth is not None: depth[key] += 1
         try: return f(*args, **kwargs)
-        finally: acc[key] += time.perf_counter() - t
+        finally:
+            acc[key] += time.perf_counter() - t
+            if depth is not None: depth[key] -= 1
     return _f
 
 def isolation_cost(path, seed=21):
     """Seconds the data isolation's own code takes inside one default `fine_tune(1)`: time in the keyed wrappers of
-    `do_item` and of the `after_batch` pipeline, less the time in what they wrap (the timers' own cost counts as
-    isolation, so this errs high). Free of the round-to-round noise and of which augmentations the keys happen to pick"""
+    `do_item` and of the `after_batch` pipeline, less the time in what they wrap, plus keying, giving back and releasing
+    each loader each epoch (the timers' own cost counts as isolation, so this errs high). Free of the round-to-round
+    noise and of which augmentations the keys happen to pick"""
     from fastai.data.load import DataLoader
     from fasttransform import Pipeline
-    from fastai_repro import seeding
-    acc = dict.fromkeys(('item', 'item_inner', 'batch', 'batch_inner', 'epoch'), 0.)
-    saved = dict(item=seeding._KeyedItem.__call__, item_inner=DataLoader.do_item, batch=seeding._KeyedBatch.__call__,
-                 batch_inner=Pipeline.__call__, isolate=seeding.isolate_loader, release=seeding.release_loader)
-    owners = dict(item=seeding._KeyedItem, item_inner=DataLoader, batch=seeding._KeyedBatch, batch_inner=Pipeline)
-    when = dict(item_inner=lambda dl, *_: '_repro_key' in dl.__dict__, # items of an isolated loader only
-                batch_inner=lambda p, *_: isinstance(p, seeding._KeyedBatch)) # the batch pipeline, not the items'
-    for k, o in owners.items(): setattr(o, saved[k].__name__, timed(saved[k], acc, k, when.get(k)))
-    from fastai_repro import callback
-    callback.isolate_loader, callback.release_loader = timed(saved['isolate'], acc, 'epoch'), timed(saved['release'], acc, 'epoch')
+    from fastai_repro import callback, keyed_data
+    acc, depth = dict.fromkeys(('item', 'item_inner', 'batch', 'batch_inner', 'epoch'), 0.), dict(item=0, batch=0)
+    saved = dict(item=keyed_data.KeyedItem.__call__, item_inner=DataLoader.do_item, batch=keyed_data.KeyedBatch.__call__,
+                 batch_inner=Pipeline.__call__)
+    owners = dict(item=keyed_data.KeyedItem, item_inner=DataLoader, batch=keyed_data.KeyedBatch, batch_inner=Pipeline)
+    when = dict(item_inner=lambda: depth['item'] > 0, batch_inner=lambda: depth['batch'] > 0) # inside a wrapper only
+    for k, o in owners.items(): setattr(o, '__call__' if k in ('item', 'batch', 'batch_inner') else 'do_item',
+                                        timed(saved[k], acc, k, when.get(k), depth if k in depth else None))
+    per_epoch = ('isolate_loader', 'give_back', 'release_loader')
+    kept = {n: getattr(callback, n) for n in per_epoch}
+    for n in per_epoch: setattr(callback, n, timed(kept[n], acc, 'epoch'))
     try: (t, c), _ = fit_time(path, 'isolated', seed)
     finally:
-        for k, o in owners.items(): setattr(o, saved[k].__name__, saved[k])
-        callback.isolate_loader, callback.release_loader = saved['isolate'], saved['release']
+        for k, o in owners.items(): setattr(o, '__call__' if k in ('item', 'batch', 'batch_inner') else 'do_item', saved[k])
+        for n in per_epoch: setattr(callback, n, kept[n])
     cost = acc['item'] - acc['item_inner'] + acc['batch'] - acc['batch_inner'] + acc['epoch']
     return dict(fit_s=t, items_s=acc['item'] - acc['item_inner'], batches_s=acc['batch'] - acc['batch_inner'],
                 epochs_s=acc['epoch'], share=cost / t)
@@ -83,14 +88,23 @@ def record_size(learn, tmp):
     return dict(batches=len(rec.rows), file_bytes=p.stat().st_size, bytes_per_batch_file=batch_bytes / len(rec.rows),
                 bytes_per_batch_memory=mem / len(rec.rows))
 
+def print_isolation(path, fits:int=3):
+    "The isolation's share of `fits` default `fine_tune(1)`s, measured inside each"
+    for r in range(fits):
+        c = isolation_cost(path, 21 + r)
+        print('isolation measured inside the fit: ' + ', '.join(
+            f'{k} {v:.2%}' if k == 'share' else f'{k} {v:.3f}' for k, v in c.items()), flush=True)
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--n', type=int, default=None, help='images (default: all 1797)')
     ap.add_argument('--arms', nargs='+', choices=list(ARMS)[1:], default=list(ARMS)[1:], help='arms besides `none`')
+    ap.add_argument('--isolation-only', action='store_true', help='only the isolation measured inside 3 fits')
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     path = make_digits_folder(Path(tmp)/'digits', n=args.n)
+    if args.isolation_only: return print_isolation(path)
     arms = ['none'] + args.arms
     fit_time(path, 'none') # warm-up
     times, last = {a: [] for a in arms}, None
@@ -110,10 +124,7 @@ def main():
     if {'recording', 'isolated'} <= set(arms): # the two differ only in `isolate_data`
         iso = lambda k: statistics.median(x[k] / y[k] for x, y in zip(times['isolated'], times['recording']))
         print(f"  {'isolated / recording (isolation alone)':<34} {iso(0):.4f}  {iso(1):.4f}")
-    if 'isolated' in arms:
-        costs = [isolation_cost(path, 21 + r) for r in range(3)]
-        for c in costs: print('isolation measured inside the fit: ' + ', '.join(
-            f'{k} {v:.2%}' if k == 'share' else f'{k} {v:.3f}' for k, v in c.items()))
+    if 'isolated' in arms: print_isolation(path)
     if last is None: return
     for k, v in micro(last).items(): print(f'per batch, {k}: {v:.1f} us')
     for k, v in record_size(last, tmp).items(): print(f'record, {k}: {v:.0f}')

@@ -14,7 +14,8 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
-    isolate_loader, release_loader, finalize, distributed)
+    finalize, distributed)
+from .keyed_data import isolate_loader, give_back, release_loader
 from .compare import INTENDED, compare
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
@@ -191,9 +192,16 @@ class ReproducibleCallback(Callback):
         sc = self._scope()
         if not sc or sc.kind != 'train': return
         seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
-        if self.isolate_data:
-            sc.isolated = fastai_loaders(self.dls, wrapped=True) # distributed: the `DistributedDL`s
-            for i, dl in enumerate(sc.isolated): isolate_loader(dl, (self.seed, sc.idx, self.epoch, i))
+        if not self.isolate_data: return
+        for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
+            isolate_loader(dl, (self.seed, sc.idx, self.epoch, i))
+            if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)
+
+    def after_train(self):
+        "What items made after the last batch drew (a last batch that `drop_last` drops) goes back (`give_back`)"
+        sc = self._scope()
+        for dl in sc.isolated if sc else (): give_back(dl)
+    after_validate = after_train
 
     def before_batch(self):
         sc = self._scope()

@@ -58,8 +58,10 @@ def _cell_text(v) -> str:
     "A table cell as text, in full (the `repr` of fastcore's `L` and of long arrays leaves items out)"
     return repr(list(v)) if isinstance(v, (list, tuple, L, np.ndarray)) else repr(v)
 
-def _item_digests(ds, prefixes:tuple) -> np.ndarray:
+def _item_digests(ds, prefixes:tuple) -> np.ndarray|None:
+    "One digest per item of data set `ds`; `None` for an iterable data set, whose items are not known before a pass"
     items = getattr(ds, 'items', None)
+    if items is None and not hasattr(ds, '__len__'): return None
     if items is None: return np.array([text_digest(f'{type(ds).__name__}[{i}]') for i in range(len(ds))], dtype=np.int64)
     if isinstance(items, pd.DataFrame):
         try: return pd.util.hash_pandas_object(items, index=True).values.view(np.int64)
@@ -77,9 +79,10 @@ def data_facts(dls) -> dict:
     root = getattr(dls, 'path', None)
     prefixes = () if root is None else tuple({str(Path(root)) + os.sep, str(Path(root).resolve()) + os.sep})
     tr, va = (_item_digests(dl.dataset, prefixes) for dl in (dls.train, dls.valid))
+    loaders = dict(dataloaders=[dataloader_settings(dl) for dl in getattr(dls, 'loaders', None) or [dls.train, dls.valid]])
+    if tr is None or va is None: return dict(items=None, split=None, n_train=None, n_valid=None, **loaders) # iterable
     return dict(items=_set_digest(np.concatenate([tr, va])), split=mix(_set_digest(tr), _set_digest(va)),
-                n_train=len(tr), n_valid=len(va),
-                dataloaders=[dataloader_settings(dl) for dl in getattr(dls, 'loaders', None) or [dls.train, dls.valid]])
+                n_train=len(tr), n_valid=len(va), **loaders)
 
 def _no_address(s:str) -> str: return re.sub(r' at 0x[0-9a-fA-F]+', '', s) # reprs that show memory addresses
 

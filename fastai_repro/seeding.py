@@ -7,13 +7,11 @@ from __future__ import annotations
 import hashlib, os, random
 from contextlib import contextmanager
 import numpy as np, torch
-from fasttransform import Pipeline
 
 # %% auto #0
 __all__ = ['SEED_RANGE', 'CUBLAS_ENV', 'ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'draw_seed', 'derive_seed',
            'finalize', 'fastai_loaders', 'distributed', 'seed_generators', 'get_rng_state', 'set_rng_state',
-           'isolate_rng', 'keyed_rng', 'broadcast_indices', 'isolate_loader', 'release_loader', 'determinism_flags',
-           'set_determinism_flags', 'lock_determinism']
+           'isolate_rng', 'keyed_rng', 'determinism_flags', 'set_determinism_flags', 'lock_determinism']
 
 # %% ../nbs/00_seeding.ipynb #ec8c8d99
 class ReproducibilityWarning(UserWarning):
@@ -114,6 +112,7 @@ def isolate_rng(dls=None):
 
 # %% ../nbs/00_seeding.ipynb #eb8b7959
 def _torch_generators(device=None) -> list:
+    "torch's CPU generator, and `device`'s when it is a started GPU"
     gens = [torch.default_generator]
     dev = None if device is None else torch.device(device)
     if dev is not None and dev.type == 'cuda' and torch.cuda.is_initialized():
@@ -122,104 +121,16 @@ def _torch_generators(device=None) -> list:
 
 @contextmanager
 def keyed_rng(seed:int, device=None, restore:bool=True):
-    "Run the block with Python's and torch's CPU (and `device`'s) generators seeded from `seed`; put them back after"
+    "Run the block with Python's, NumPy's and torch's CPU (and `device`'s) generators seeded from `seed`; put them back"
     gens = _torch_generators(device)
-    saved = (random.getstate(), [g.get_state() for g in gens]) if restore else None
-    random.seed(seed)
+    saved = (random.getstate(), np.random.get_state(), [g.get_state() for g in gens]) if restore else None
+    random.seed(seed); np.random.seed(check_seed(seed))
     for g in gens: g.manual_seed(seed)
     try: yield
     finally:
         if saved:
-            random.setstate(saved[0])
-            for g, s in zip(gens, saved[1]): g.set_state(s)
-
-# %% ../nbs/00_seeding.ipynb #b6e14e4f
-class _KeyedItem:
-    "`dl.do_item` with Python's and torch's CPU generators seeded from the loader's key and the item's index"
-    def __init__(self, dl): self.dl = dl
-    def __call__(self, s):
-        dl = self.dl
-        if dl._repro_saved is None and torch.utils.data.get_worker_info() is None: # main process: keep what to put back
-            dl._repro_saved = (random.getstate(), torch.default_generator.get_state())
-        k = finalize(dl._repro_items + (s if isinstance(s, int) else -1))
-        random.seed(k); torch.default_generator.manual_seed(k)
-        try: return type(dl).do_item(dl, s)
-        finally:
-            if dl._repro_put_back_items: _put_back(dl)
-
-def _put_back(dl):
-    "Give the global generators back the state they had before the loader's items were made (main process)"
-    if dl._repro_saved is not None:
-        random.setstate(dl._repro_saved[0]); torch.default_generator.set_state(dl._repro_saved[1])
-        dl._repro_saved = None
-
-class _KeyedEnd:
-    "`dl.after_iter` that first puts back what the items drew: those of a last batch that `drop_last` drops, say"
-    def __init__(self, dl, orig=None): self.dl, self.orig = dl, orig # `orig`: an `after_iter` the loader was given
-    def __call__(self):
-        _put_back(self.dl)
-        return self.orig() if self.orig is not None else type(self.dl).after_iter(self.dl)
-
-class _KeyedBatch:
-    "Mixin for a loader's `after_batch` pipeline: each batch's transforms run seeded from its position in the epoch"
-    def __call__(self, b, *args, **kwargs):
-        dl = self._repro_dl
-        i, dl._repro_batches = dl._repro_batches, dl._repro_batches + 1
-        dev = next((t.device for t in (b if isinstance(b, (tuple, list)) else (b,)) if isinstance(t, torch.Tensor)), None)
-        try:
-            with keyed_rng(derive_seed(*dl._repro_key, 'batch', i, *dl._repro_rank), device=dev): return super().__call__(b, *args, **kwargs)
-        finally: _put_back(dl) # the items of this batch were made in this process: put back once a batch, not per item
-
-# %% ../nbs/00_seeding.ipynb #b59d366a
-def _batch_pipeline(dl):
-    "`dl`'s `after_batch` `Pipeline`, or `None` (a plain `DataLoader` has a method there)"
-    ab = getattr(dl, 'after_batch', None)
-    return ab if isinstance(ab, Pipeline) else None
-
-def broadcast_indices(t:list, rank:int) -> list:
-    "`DistributedDL._broadcast` for every backend: fastai's moves the indices to CUDA, which only NCCL needs (gloo fails)"
-    t = torch.tensor(t, dtype=torch.long)
-    if torch.distributed.get_backend() == 'nccl': t = t.cuda()
-    torch.distributed.broadcast(t, rank)
-    return t.cpu().tolist()
-
-def isolate_loader(dl, key:tuple):
-    "Key every random draw of the fastai `DataLoader` `dl` for one epoch to `key`, apart from the global streams"
-    outer, dl = dl, _unwrap(dl) # a `DistributedDL` runs its own workers, but its inner loader's shuffle, items and batches
-    rank = outer.__dict__.get('rank', 0) if outer is not dl else 0 # the rank whose shard the wrapper cuts
-    ab, rk = _batch_pipeline(dl), (('rank', rank),) if rank else ()
-    if '_repro_key' in dl.__dict__: _put_back(dl) # isolated again (the next epoch): first give back what is pending
-    dl._repro_key, dl._repro_rank, dl._repro_batches, dl._repro_saved = key, rk, 0, None
-    dl._repro_items = derive_seed(*key, 'item')
-    dl._repro_put_back_items = ab is None # with no batch pipeline to do it once a batch, put back after each item
-    dl.rng.seed(derive_seed(*key, 'shuffle'))
-    if getattr(outer, 'fake_l', None) is not None:
-        outer.fake_l.generator = torch.Generator().manual_seed(derive_seed(*key, 'workers', *rk))
-    if outer is not dl: outer._broadcast = broadcast_indices
-    if not isinstance(dl.__dict__.get('do_item'), _KeyedItem): dl.do_item = _KeyedItem(dl)
-    if not isinstance(dl.__dict__.get('after_iter'), _KeyedEnd): dl.after_iter = _KeyedEnd(dl, dl.__dict__.get('after_iter'))
-    if ab is not None and not isinstance(ab, _KeyedBatch):
-        ab._repro_dl = dl
-        ab.__class__ = type(f'Keyed{type(ab).__name__}', (_KeyedBatch, type(ab)), {})
-
-def release_loader(dl):
-    "Undo `isolate_loader`; a loader not isolated (or released already) is left as it is"
-    outer, dl = dl, _unwrap(dl)
-    if '_repro_key' not in dl.__dict__: return
-    if getattr(outer, 'fake_l', None) is not None: outer.fake_l.__dict__.pop('generator', None)
-    outer.__dict__.pop('_broadcast', None)
-    if isinstance(dl.__dict__.get('do_item'), _KeyedItem): del dl.do_item
-    end = dl.__dict__.get('after_iter')
-    if isinstance(end, _KeyedEnd):
-        if end.orig is None: del dl.after_iter
-        else: dl.after_iter = end.orig
-    ab = _batch_pipeline(dl)
-    if isinstance(ab, _KeyedBatch):
-        ab.__class__ = type(ab).__mro__[2]
-        ab.__dict__.pop('_repro_dl', None)
-    _put_back(dl)
-    for k in ('_repro_key', '_repro_rank', '_repro_batches', '_repro_items', '_repro_saved', '_repro_put_back_items'):
-        dl.__dict__.pop(k, None)
+            random.setstate(saved[0]); np.random.set_state(saved[1])
+            for g, s in zip(gens, saved[2]): g.set_state(s)
 
 # %% ../nbs/00_seeding.ipynb #4c97482a
 CUBLAS_ENV = 'CUBLAS_WORKSPACE_CONFIG'

@@ -12,7 +12,7 @@ import torch
 import fastai.distributed  # noqa: F401  (Learner.distrib_ctx)
 from fastai.distributed import DistributedDL
 from fastai_repro.all import ReproducibilityError, digits_dls
-from fastai_repro.seeding import broadcast_indices
+from fastai_repro.keyed_data import broadcast_indices
 from helpers import SIZE, make_learner, scramble
 
 data, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]

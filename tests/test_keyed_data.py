@@ -1,0 +1,102 @@
+"""Issue 12: keyed data wherever fastai's loaders run. Each run is its own process (`workers_job.py`), so that it can
+pick its start method: `fork`, `spawn` and `forkserver` with 2 workers, persistent workers, and no workers, all give
+the same batches and bit-identical weights with the callback; without it, 0 and 2 workers differ. In this process:
+an iterable data set, keyed by position."""
+import os, random, signal, subprocess, sys, warnings
+from pathlib import Path
+import numpy as np, pytest, torch
+from torch import nn
+from fastai.data.core import TfmdDL, DataLoaders
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+from fastai.torch_core import TensorBase
+from fasttransform import Transform
+from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning
+from fastai_repro.runrecord import DIGEST_KEYS
+
+JOB = Path(__file__).parent/'workers_job.py'
+RUNS = {'none': ('fork', 0, 0, 1), 'fork': ('fork', 2, 0, 1), 'spawn': ('spawn', 2, 0, 1),
+        'forkserver': ('forkserver', 2, 0, 1), 'persistent': ('fork', 2, 1, 1), 'persistent_spawn': ('spawn', 2, 1, 1),
+        'plain_none': ('fork', 0, 0, 0), 'plain_fork': ('fork', 2, 0, 0)}
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory) -> dict:
+    "Every run of `RUNS`, two at a time, each in its own process: what it saw and its final weights"
+    root, procs = tmp_path_factory.mktemp('workers'), {}
+    names = list(RUNS)
+    for i in range(0, len(names), 2):
+        for name in names[i:i + 2]:
+            cmd = [sys.executable, str(JOB), *map(str, RUNS[name]), str(root/f'{name}.pt')]
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           start_new_session=True, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+        for name in names[i:i + 2]:
+            p = procs[name]
+            try: out, _ = p.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                raise
+            assert p.returncode == 0, f'{name} run failed:\n{out[-5000:]}'
+    return {name: torch.load(root/f'{name}.pt', weights_only=False) for name in names}
+
+def same_weights(a, b) -> bool: return all(torch.equal(a['weights'][k], b['weights'][k]) for k in a['weights'])
+def same_inputs(a, b) -> bool:
+    return len(a['inputs']) == len(b['inputs']) and all(torch.equal(x, y) for x, y in zip(a['inputs'], b['inputs']))
+def digests(run) -> list: return [tuple(r[k] for k in DIGEST_KEYS) for r in run['rows']]
+
+@pytest.mark.parametrize('name', ['fork', 'spawn', 'forkserver'])
+def test_start_methods_give_the_same_run(runs, name):
+    "2 workers started by `name` give the batches, batch digests and weights of no workers, bit for bit"
+    ref, run = runs['none'], runs[name]
+    assert len(ref['inputs']) == 2 * (5 + 2) # 2 epochs of 5 training and 2 validation batches
+    assert same_inputs(ref, run) and same_weights(ref, run)
+    assert digests(run) == digests(ref) and len(digests(ref)) == 14
+
+@pytest.mark.parametrize('name', ['persistent', 'persistent_spawn'])
+def test_persistent_workers_give_the_same_batches(runs, name):
+    "`persistent_workers=True` gives the batches of `False`, epoch after epoch"
+    ref, run = runs['fork'], runs[name]
+    for e in range(2): # each epoch's 7 batches
+        assert all(torch.equal(x, y) for x, y in zip(ref['inputs'][7 * e:7 * e + 7], run['inputs'][7 * e:7 * e + 7]))
+    assert same_weights(ref, run) and digests(run) == digests(ref)
+
+def test_without_the_callback_workers_change_the_data(runs):
+    "The contrast: without the callback, items drawing from NumPy differ between 0 and 2 workers"
+    a, b = runs['plain_none'], runs['plain_fork']
+    assert not same_inputs(a, b) and not same_weights(a, b)
+
+class Noise(Transform):
+    "An item transform drawing from Python's, NumPy's and torch's generators"
+    def encodes(self, x:TensorBase): return x + random.random() + float(np.random.rand()) + torch.rand(x.shape)
+
+class Stream(torch.utils.data.IterableDataset):
+    "24 items of 4 features, one after the other"
+    def __iter__(self): return ((TensorBase(torch.zeros(4)), i % 2) for i in range(24))
+
+class Inputs(Callback):
+    "Keeps every batch's inputs"
+    def __init__(self): self.seen = []
+    def before_batch(self): self.seen.append(self.xb[0].clone())
+
+def iterable_fit(callback:bool) -> tuple:
+    "2 epochs on an iterable data set: the inputs of every batch and the final weights"
+    random.seed(); np.random.seed(); torch.seed() # what an unseeded process would hold
+    kw = dict(bs=4, num_workers=0, after_item=Noise())
+    dls = DataLoaders(TfmdDL(Stream(), n=24, **kw), TfmdDL(Stream(), n=24, **kw))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 2)) # the same start in every run
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ReproducibilityWarning) # recording must not stop (an iterable has no len)
+        warnings.filterwarnings('ignore', message='.*initial weights were not covered')
+        learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[Inputs()])
+        if callback: learn.add_cb(ReproducibleCallback(21, compare_previous=False))
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-2)
+    return torch.cat(learn.inputs.seen), learn.model.state_dict()
+
+def test_iterable_data_keyed_by_position():
+    "Items of an iterable data set are keyed by their position in the epoch: two runs match, two items differ"
+    (a, wa), (b, wb) = iterable_fit(True), iterable_fit(True)
+    assert torch.equal(a, b) and all(torch.equal(wa[k], wb[k]) for k in wa)
+    first = a[:24] # epoch 0's training items: all zeros before the noise, so each differs only by its own draws
+    assert len({tuple(r.tolist()) for r in first}) == 24
+    c, _ = iterable_fit(False)
+    assert not torch.equal(a, c) # without the callback the draws come from whatever the process held
