@@ -191,6 +191,7 @@ class ReproducibleCallback(Callback):
         "Each epoch of a training fit starts from (seed, fit, epoch) alone: so a run resumed at this epoch matches"
         sc = self._scope()
         if not sc or sc.kind != 'train': return
+        for dl in sc.isolated: give_back(dl) # first: what the loaders' items still hold would undo the seeding
         seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
         if not self.isolate_data: return
         for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
