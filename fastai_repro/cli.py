@@ -6,14 +6,28 @@
 # %% ../nbs/05_cli.ipynb #bee4178c
 from __future__ import annotations
 import argparse, sys, tempfile, time, traceback, warnings
+from contextlib import nullcontext
 from pathlib import Path
 from .runrecord import RecordError
 from .compare import compare
 
 # %% auto #0
-__all__ = ['demo_run', 'demo', 'diff', 'main']
+__all__ = ['EpochTable', 'demo_run', 'demo', 'diff', 'check_notebooks', 'main']
 
 # %% ../nbs/05_cli.ipynb #0cfa9418
+class EpochTable:
+    "fastai's table of epochs as plain lines, with its header before each fit's first epoch: bars left out"
+    def __init__(self, learn): self.learn = learn
+    def __call__(self, log:list):
+        "Print one epoch's row (after the header, at epoch 0), as fastai's progress bar prints it on a console"
+        names = self.learn.recorder.metric_names
+        if log and log[0] == 0: print(self._line(names, names))
+        print(self._line(names, [f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]))
+    @staticmethod
+    def _line(names, cells) -> str:
+        "The cells in columns as wide as fastprogress makes them (the name's width, at least 8)"
+        return '  '.join(str(c).ljust(max(8, len(n))) for n, c in zip(names, cells)).rstrip()
+
 def demo_run(dls, arch, seed:int, epochs:int=1, lr_find:bool=False, callback:bool=True, **kwargs) -> Learner:
     "Train `cnn_learner(dls, arch, pretrained=False)` with `fine_tune(epochs)`, after `lr_find` if asked"
     import fastai.callback.progress, fastai.callback.schedule # progress bars; `fine_tune` and `lr_find`
@@ -24,8 +38,11 @@ def demo_run(dls, arch, seed:int, epochs:int=1, lr_find:bool=False, callback:boo
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='`cnn_learner` has been renamed')
         learn = cnn_learner(dls, arch, pretrained=False, metrics=error_rate, cbs=cbs, **kwargs)
-    if lr_find: learn.lr_find(show_plot=False)
-    learn.fine_tune(epochs)
+    bars = sys.stdout.isatty() # bars on a terminal only: in a file or a CI log every frame of them would stay
+    if not bars: learn.logger = EpochTable(learn)
+    with nullcontext() if bars else learn.no_bar():
+        if lr_find: learn.lr_find(show_plot=False)
+        learn.fine_tune(epochs)
     return learn
 
 # %% ../nbs/05_cli.ipynb #9cc7008c
@@ -77,6 +94,20 @@ def diff(a, b) -> int:
         return 2
     return 0 if c.same else 1
 
+# %% ../nbs/05_cli.ipynb #7b1c2d3e
+def check_notebooks(paths, update:bool=False, n_workers:int=1, timeout:int=600) -> int:
+    "Print what `nbcheck` finds in the notebooks of `paths`; exit code 0 all match, 1 some differ, 2 an error"
+    from fastai_repro.nbcheck import nbcheck, report
+    missing = [p for p in paths if not Path(p).exists()]
+    bad = (f'--n-workers must be at least 1, got {n_workers}' if n_workers < 1 else
+           f'no such notebook or folder: {missing[0]}' if missing else None)
+    results = [] if bad else nbcheck(paths, update, n_workers, timeout)
+    if bad or not results:
+        print(f"fastai-repro nbcheck: {bad or 'no notebook found'}", file=sys.stderr)
+        return 2
+    for r in results: print(report(r))
+    return max(r.status for r in results)
+
 # %% ../nbs/05_cli.ipynb #f9e2359e
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fastai-repro', description='Reproducible fastai training.')
@@ -89,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument('--size', type=int, default=32, help='image size in pixels')
     f = sub.add_parser('diff', help='why two saved run records differ (exit 0 same, 1 differ, 2 bad input)')
     f.add_argument('a'); f.add_argument('b')
+    n = sub.add_parser('nbcheck', help="execute notebooks and compare their outputs with the saved ones (exit 0 same, 1 "
+                       "differ, 2 error)")
+    n.add_argument('paths', nargs='+', help='notebooks, or folders to search for them')
+    n.add_argument('--update', action='store_true', help='write the new outputs into the notebooks that differ')
+    n.add_argument('--n-workers', type=int, default=1, help='notebooks executed at a time, each in its own kernel')
+    n.add_argument('--timeout', type=int, default=600, help="seconds a cell may run")
     return p
 
 def main(argv=None) -> int:
@@ -96,6 +133,7 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.cmd == 'diff': return diff(args.a, args.b)
+    if args.cmd == 'nbcheck': return check_notebooks(args.paths, args.update, args.n_workers, args.timeout)
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here
     from fastai.vision import models
     from fastai_repro.seeding import check_seed
