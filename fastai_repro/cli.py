@@ -20,6 +20,7 @@ class EpochTable:
     def __init__(self, learn): self.learn = learn
     def __call__(self, log:list):
         "Print one epoch's row (after the header, at epoch 0), as fastai's progress bar prints it on a console"
+        if isinstance(log, str): return print(log) # a message, such as the callback's "seed 21, fit 0"
         names = self.learn.recorder.metric_names
         if log and log[0] == 0: print(self._line(names, names))
         print(self._line(names, [f'{v:.6f}' if isinstance(v, float) else str(v) for v in log]))
