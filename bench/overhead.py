@@ -62,18 +62,17 @@ def isolation_cost(path, seed=21):
     from fasttransform import Pipeline
     from fastai_repro import callback, keyed_data
     acc, depth = dict.fromkeys(('item', 'item_inner', 'batch', 'batch_inner', 'epoch'), 0.), dict(item=0, batch=0)
-    saved = dict(item=keyed_data.KeyedItem.__call__, item_inner=DataLoader.do_item, batch=keyed_data.KeyedBatch.__call__,
-                 batch_inner=Pipeline.__call__)
-    owners = dict(item=keyed_data.KeyedItem, item_inner=DataLoader, batch=keyed_data.KeyedBatch, batch_inner=Pipeline)
+    owners = dict(item=(keyed_data.KeyedItem, '__call__'), item_inner=(DataLoader, 'do_item'),
+                  batch=(keyed_data.KeyedBatch, '__call__'), batch_inner=(Pipeline, '__call__'))
+    saved = {k: getattr(o, m) for k, (o, m) in owners.items()}
     when = dict(item_inner=lambda: depth['item'] > 0, batch_inner=lambda: depth['batch'] > 0) # inside a wrapper only
-    for k, o in owners.items(): setattr(o, '__call__' if k in ('item', 'batch', 'batch_inner') else 'do_item',
-                                        timed(saved[k], acc, k, when.get(k), depth if k in depth else None))
+    for k, (o, m) in owners.items(): setattr(o, m, timed(saved[k], acc, k, when.get(k), depth if k in depth else None))
     per_epoch = ('isolate_loader', 'give_back', 'release_loader')
     kept = {n: getattr(callback, n) for n in per_epoch}
     for n in per_epoch: setattr(callback, n, timed(kept[n], acc, 'epoch'))
     try: (t, c), _ = fit_time(path, 'isolated', seed)
     finally:
-        for k, o in owners.items(): setattr(o, '__call__' if k in ('item', 'batch', 'batch_inner') else 'do_item', saved[k])
+        for k, (o, m) in owners.items(): setattr(o, m, saved[k])
         for n in per_epoch: setattr(callback, n, kept[n])
     cost = acc['item'] - acc['item_inner'] + acc['batch'] - acc['batch_inner'] + acc['epoch']
     return dict(fit_s=t, items_s=acc['item'] - acc['item_inner'], batches_s=acc['batch'] - acc['batch_inner'],

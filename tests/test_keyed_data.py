@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from torch import nn
 from fastai.data.core import TfmdDL, DataLoaders
-from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.torch_core import TensorBase
-from fasttransform import Pipeline, Transform
+from fasttransform import Pipeline
 from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, isolate_loader, loader_keys, release_loader
 from fastai_repro.keyed_data import KeyedBatch
 from fastai_repro.runrecord import DIGEST_KEYS
+from workers_job import Draws, Inputs, Items
 
 JOB = Path(__file__).parent/'workers_job.py'
 RUNS = {'none': ('fork', 0, 0, 1), 'fork': ('fork', 2, 0, 1), 'spawn': ('spawn', 2, 0, 1),
@@ -64,23 +64,14 @@ def test_without_the_callback_workers_change_the_data(runs):
     a, b = runs['plain_none'], runs['plain_fork']
     assert not same_inputs(a, b) and not same_weights(a, b)
 
-class Noise(Transform):
-    "An item transform drawing from Python's, NumPy's and torch's generators"
-    def encodes(self, x:TensorBase): return x + random.random() + float(np.random.rand()) + torch.rand(x.shape)
-
 class Stream(torch.utils.data.IterableDataset):
     "24 items of 4 features, one after the other"
     def __iter__(self): return ((TensorBase(torch.zeros(4)), i % 2) for i in range(24))
 
-class Inputs(Callback):
-    "Keeps every batch's inputs"
-    def __init__(self): self.seen = []
-    def before_batch(self): self.seen.append(self.xb[0].clone())
-
 def iterable_fit(callback:bool) -> tuple:
     "2 epochs on an iterable data set: the inputs of every batch and the final weights"
     random.seed(); np.random.seed(); torch.seed() # what an unseeded process would hold
-    kw = dict(bs=4, num_workers=0, after_item=Noise())
+    kw = dict(bs=4, num_workers=0, after_item=Draws())
     dls = DataLoaders(TfmdDL(Stream(), n=24, **kw), TfmdDL(Stream(), n=24, **kw))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 2)) # the same start in every run
@@ -103,7 +94,7 @@ def test_iterable_data_keyed_by_position():
 
 def test_a_fit_leaves_no_keying_on_the_loaders():
     "After a fit with the callback, no loader holds anything of the keying: attribute, class, method or generator"
-    kw = dict(bs=4, num_workers=0, after_item=Noise(), after_batch=Noise())
+    kw = dict(bs=4, num_workers=0, after_item=Draws(), after_batch=Draws())
     dls = DataLoaders(TfmdDL(Stream(), n=24, **kw), TfmdDL(Stream(), n=24, **kw))
     fastais = {'_DataLoader__idxs', '_n_inp', '_types'} # what fastai itself keeps: the last order, the batch's types
     before = [(set(dl.__dict__) | fastais, dict(dl.fake_l.__dict__), dl.after_batch) for dl in dls.loaders]
@@ -118,8 +109,7 @@ def test_a_fit_leaves_no_keying_on_the_loaders():
 
 def map_fit(warm:bool) -> torch.Tensor:
     "One epoch with the callback on map-style data; `warm`: fastai's `_one_pass` ran before (as `show_batch` runs it)"
-    from workers_job import Items
-    kw = dict(bs=4, num_workers=0, after_item=Noise(), after_batch=Noise())
+    kw = dict(bs=4, num_workers=0, after_item=Draws(), after_batch=Draws())
     dls = DataLoaders(TfmdDL(Items(24), shuffle=True, **kw), TfmdDL(Items(8), **kw))
     if warm: dls.train.n_inp # caches the loader's types; else fastai's `_split` runs `_one_pass` at the first batch
     with warnings.catch_warnings():
@@ -134,7 +124,6 @@ def test_fastais_one_pass_does_not_shift_the_keys():
 
 def test_release_gives_back_what_others_set():
     "A generator set before the keying comes back; a pipeline set during it is kept, and keyed from the next epoch"
-    from workers_job import Items
     dl = TfmdDL(Items(8), bs=4, num_workers=0)
     g = torch.Generator().manual_seed(1)
     dl.fake_l.generator = g
