@@ -3,14 +3,15 @@
 Three scenarios: `fp32`; `fp16` (fastai's `learn.to_fp16()`, mixed precision with a gradient scaler); `workers`
 (`num_workers=2`, items made in worker processes). In each, two runs with ReproducibleCallback must be bit-identical
 (every state_dict tensor, torch.equal) and their batch records equal row for row; two runs without it must differ.
+Every warning the runs raise is kept and reported (`warnings` in the output), not silenced.
 Then the overhead of the `fp32` fit with and without the callback (recording every batch), interleaved, median ratio.
 On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
 tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
-    python bench/gpu_check.py [--pairs 5] [--scenarios fp32 fp16 workers] [--out DIR]
+    python bench/gpu_check.py [--pairs 5] [--n IMAGES] [--scenarios fp32 fp16 workers] [--out DIR]
 """
 import argparse, json, os, platform, statistics, time, warnings
-import torch
+import torch, fastai
 import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.losses import CrossEntropyLossFlat
@@ -38,8 +39,8 @@ def run(cfg, callback, scenario='fp32'):
     sc = SCENARIOS[scenario]
     cbs = [ReproducibleCallback(21)] if callback else []
     dls = make_dls(cfg['n'], cfg['size'], cfg['bs'], cfg['device'], sc['workers'])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
         learn = vision_learner(dls, resnet34, pretrained=False, n_out=2, normalize=False,
                                loss_func=CrossEntropyLossFlat(), cbs=cbs)
         if sc['fp16']: learn.to_fp16()
@@ -47,18 +48,24 @@ def run(cfg, callback, scenario='fp32'):
             if cfg['device'] == 'cuda': torch.cuda.synchronize()
             t = time.perf_counter(); learn.fit_one_cycle(1)
             if cfg['device'] == 'cuda': torch.cuda.synchronize()
-    return learn, time.perf_counter() - t
+        secs = time.perf_counter() - t
+    for w in caught: WARNINGS.setdefault(f'{w.category.__name__}: {w.message}', f'{w.filename}:{w.lineno}')
+    return learn, secs
+
+WARNINGS = {}  # every warning the runs raised (message -> where), reported, not hidden
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--pairs', type=int, default=5)
     ap.add_argument('--scenarios', nargs='+', choices=list(SCENARIOS), default=list(SCENARIOS))
+    ap.add_argument('--n', type=int, help='training images (default 512 on a GPU, 64 on the CPU)')
     ap.add_argument('--out', default=os.environ.get('OUT'))
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     cfg = dict(device='cuda' if cuda else 'cpu', n=512 if cuda else 64, size=224 if cuda else 64, bs=64 if cuda else 16)
+    if args.n: cfg['n'] = args.n
     res = dict(cfg, machine=torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-               torch=torch.__version__)
+               torch=torch.__version__, cuda=torch.version.cuda, fastai=fastai.__version__, python=platform.python_version())
     res['fp16_active'] = cuda # fastai's MixedPrecision uses autocast('cuda') and GradScaler('cuda')
     ok = True
     for name in args.scenarios:
@@ -69,13 +76,14 @@ def main():
                              without_callback_differ=not weights_equal(c.model, d.model))
         ok = ok and all(r[k] for k in ('with_callback_bit_identical', 'with_callback_records_equal', 'without_callback_differ'))
         print(name, json.dumps(r), flush=True)
-    ratios = []
+    ratios, secs = [], []
     for i in range(args.pairs):
         order = (True, False) if i % 2 else (False, True)
         t = {cb: run(cfg, cb, 'fp32')[1] for cb in order}
-        ratios.append(t[True] / t[False])
-    res['overhead_ratios'] = ratios
+        ratios.append(t[True] / t[False]); secs.append(dict(with_callback=t[True], without=t[False]))
+    res['overhead_ratios'], res['overhead_seconds'] = ratios, secs
     res['overhead_median_ratio'] = statistics.median(ratios)
+    res['warnings'] = WARNINGS
     print(json.dumps(res, indent=1))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
