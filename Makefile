@@ -15,12 +15,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/fastai-repro demo
 
-# The package and README.md must be what the notebooks generate; then notebook tests, then training tests.
+# The package and README.md must be what the notebooks generate; then every notebook executed and its saved outputs
+# compared (nbcheck, which also fails on a cell that raises), then the training tests.
 sync: install
 	PATH=$(abspath $(BIN)):$$PATH sh .ci/check-sync
 
 test: sync
-	$(BIN)/nbdev-test --n-workers 2
+	$(BIN)/fastai-repro nbcheck nbs --n-workers 2
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -22,6 +22,7 @@ from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, ste
     weights_digest)
 from .facts import fit_facts, jsonable
 from .fastai_patches import current_entries, entries, on_entry_exit
+from .nbcheck import kernel_record_path
 
 # %% auto #0
 __all__ = ['PREVIOUS_KEPT', 'fit_kind', 'FitScope', 'creation_site', 'ReproducibleCallback']
@@ -365,6 +366,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
             _remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)
+        if (p := kernel_record_path(self)) is not None: attempt(self._guard, self.record.save, p) # for nbcheck's report
     if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
     for e in errs: warnings.warn(f'ReproducibleCallback: closing a fit: {type(e).__name__}: {e}', ReproducibilityWarning)
 

@@ -5,14 +5,16 @@ saved ones, ignoring only what cannot be reproduced, by rules it names."""
 
 # %% ../nbs/04a_nbcheck.ipynb #f8aaead9
 from __future__ import annotations
-import base64, copy, difflib, hashlib, html, re
+import base64, copy, difflib, hashlib, html, os, re, shutil, tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['RULES', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines', 'cell_lines', 'CellResult', 'NotebookResult',
-           'execute', 'compare_cells', 'check', 'report', 'notebooks', 'nbcheck']
+__all__ = ['RULES', 'RECORDS_ENV', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines', 'cell_lines',
+           'kernel_record_path', 'running_request', 'file_safe', 'records_folder', 'cell_key', 'cell_records',
+           'explain', 'save_records', 'CellResult', 'NotebookResult', 'execute', 'compare_cells', 'check', 'report',
+           'notebooks', 'nbcheck']
 
 # %% ../nbs/04a_nbcheck.ipynb #e82fb1b5
 def directives(src:str) -> dict:
@@ -47,16 +49,20 @@ def skip_flags(folder:Path) -> list:
 
 # %% ../nbs/04a_nbcheck.ipynb #06028dc4
 RULES = {'time': "the `time` column of fastai's training tables", 'progress': 'progress bars',
-         'address': 'memory addresses in reprs (` at 0x...`)'}
+         'address': 'memory addresses in reprs (` at 0x...`)',
+         'paths': 'where packages are installed, in file paths (`.../site-packages/`)'}
 
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')
+_SITE = re.compile(r'[^\s"\'(]*/(site|dist)-packages/')
 _BAR = re.compile(r'\|[^|]*\|\s*\d+(\.\d+)?% \[[^\]]*\]') # fastprogress on a console: |███---| 12.50% [1/8 00:01<00:07]
 
 def _text(s:str, used:set) -> str:
-    "`s` with memory addresses left out"
+    "`s` with memory addresses and the folders of installed packages left out"
     t = _ADDRESS.sub(' at 0x...', s)
     if t != s: used.add('address')
-    return t
+    u = _SITE.sub(r'.../\1-packages/', t)
+    if u != t: used.add('paths')
+    return u
 
 def _stream_lines(text:str, used:set) -> list:
     "A stream's text as lines, without fastprogress's console bars (each frame ends with a carriage return)"
@@ -119,11 +125,74 @@ def cell_lines(cell, used:set) -> list:
     "Every output of a code cell, as lines"
     return [l for o in cell.get('outputs', []) for l in output_lines(o, used)]
 
+# %% ../nbs/04a_nbcheck.ipynb #e0999a8e
+RECORDS_ENV = 'FASTAI_REPRO_NBCHECK_RECORDS'
+
+def kernel_record_path(owner) -> Path|None:
+    "Where `owner` (a callback training in the running cell) saves its record for `nbcheck`; `None` outside nbcheck"
+    folder, n = os.environ.get(RECORDS_ENV), running_request()
+    if not folder or n is None: return None
+    slot = getattr(owner, '_nbcheck_slot', None)
+    if slot is None or slot[0] != n: # the first fit of this callback in this cell: the next number in the cell
+        slot = (n, _slots.setdefault(n, 0)); _slots[n] += 1; owner._nbcheck_slot = slot
+    return Path(folder)/f'{slot[0]}-{slot[1]}.jsonl'
+
+_slots:dict = {} # execute request -> callbacks that saved a record in that cell
+
+def running_request() -> str|None:
+    "The message id of the cell the Jupyter kernel is running (safe in a file name); `None` outside a kernel"
+    try:
+        from IPython import get_ipython
+        return file_safe(get_ipython().kernel.get_parent()['header']['msg_id'])
+    except (ImportError, AttributeError, KeyError, TypeError): return None # no IPython, no kernel, no request
+
+def file_safe(s:str) -> str:
+    "`s` with every character other than letters, digits, `_`, `.` and `-` replaced by `_`"
+    return re.sub(r'[^\w.-]', '_', s)
+
+def records_folder(nb_path) -> Path:
+    "The folder beside the notebook where `--update` keeps its training cells' records"
+    return Path(nb_path).with_suffix('.records')
+
+def cell_key(cell, index:int) -> str:
+    "A cell's name in its records' file names: its id (nbformat 4.5), else its position"
+    return cell.get('id') or f'cell{index}'
+
+def cell_records(folder:Path) -> dict:
+    "Cell index -> the records its callbacks saved in `folder` while `execute` ran it (`<index>-<k>.jsonl`), in order"
+    res = {}
+    for p in folder.glob('*.jsonl'):
+        if (m := re.fullmatch(r'(\d+)-(\d+)\.jsonl', p.name)): res.setdefault(int(m[1]), []).append((int(m[2]), p))
+    return {i: [p for _, p in sorted(ps)] for i, ps in sorted(res.items())}
+
+def explain(new:list, saved:Path, key:str) -> list:
+    "What `compare` says of each new record of one cell against the record saved for that cell by `--update`"
+    from fastai_repro.compare import compare
+    res = []
+    for k, p in enumerate(new):
+        old = saved/f'{key}-{k}.jsonl'
+        if not old.exists(): res.append(f'why: no record of run {k} of this cell was saved (nbcheck --update saves them in {saved})'); continue
+        try: c = compare(old, p)
+        except Exception as e: res.append(f'why: cannot compare run {k} with {old}: {type(e).__name__}: {e}'); continue
+        res += [f'why (run {k} of this cell, compared with {old.name}): {c.verdict()}']
+        res += [f'  {w}: {f}' for w, f in c.fixes.items()] # each cause with its detail and fix
+    return res
+
+def save_records(nb:dict, new:dict, saved:Path):
+    "Replace the records kept beside a notebook with those of this execution (a folder written whole, then swapped)"
+    if not new and not saved.exists(): return
+    tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f'.{saved.name}.'))
+    for i, ps in new.items():
+        for k, p in enumerate(ps): shutil.copyfile(p, tmp/f'{cell_key(nb["cells"][i], i)}-{k}.jsonl')
+    old = saved.with_name(f'.{saved.name}.old')
+    if saved.exists(): saved.rename(old)
+    tmp.rename(saved); shutil.rmtree(old, ignore_errors=True)
+
 # %% ../nbs/04a_nbcheck.ipynb #1a358cad
 @dataclass
 class CellResult:
-    "One code cell whose outputs differ from the saved ones"
-    index:int; source:str; diff:list
+    "One code cell whose outputs differ from the saved ones; `why`: what `compare` says of the runs it trained"
+    index:int; source:str; diff:list; why:list=field(default_factory=list)
 
 @dataclass
 class NotebookResult:
@@ -134,7 +203,7 @@ class NotebookResult:
     @property
     def status(self) -> int: return 2 if self.error else 1 if self.differ else 0
 
-def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()) -> dict:
+def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=(), records:Path|None=None) -> dict:
     "`nb` executed in a fresh Jupyter kernel, in `folder`; cells nbdev skips keep their saved outputs"
     try:
         import nbformat
@@ -143,8 +212,17 @@ def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()
         raise ImportError(f'nbcheck needs nbclient and ipykernel ({e}); pip install "fastai_repro[nbcheck]"') from e
     run = [i for i, c in enumerate(nb['cells']) if runs(c, skip)]
     todo = nbformat.from_dict({**nb, 'cells': [copy.deepcopy(nb['cells'][i]) for i in run]})
+    env = {**os.environ, RECORDS_ENV: str(records)} if records else None # where its callbacks save their records
+    sent = {} # index in `todo` -> the message id of its execute request
+    def executed(cell, cell_index, execute_reply):
+        "nbclient's hook after each cell: keep the id of the request that ran it"
+        sent[cell_index] = execute_reply['parent_header']['msg_id']
     NotebookClient(todo, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(folder)}},
-                   extra_arguments=['--IPKernelApp.log_level=ERROR']).execute() # no warning about TCP
+                   extra_arguments=['--IPKernelApp.log_level=ERROR'], # no warning about TCP
+                   on_cell_executed=executed).execute(env=env)
+    for j, msg in sent.items(): # the records, named by the cell that trained: `<cell index>-<k>.jsonl`
+        for p in (records.glob(f'{file_safe(msg)}-*.jsonl') if records else []):
+            p.rename(records/f"{run[j]}-{p.name.rsplit('-', 1)[1]}")
     res = copy.deepcopy(nb)
     for i, c in zip(run, todo.cells): res['cells'][i].update(outputs=c.outputs, execution_count=c.execution_count)
     return res
@@ -168,11 +246,15 @@ def check(path, update:bool=False, timeout:int=600) -> NotebookResult:
     try: nb = nbformat.read(path, as_version=4)
     except Exception as e: return NotebookResult(str(path), error=f'cannot read it: {type(e).__name__}: {e}')
     folder = path.parent.resolve()
-    skip = skip_flags(folder)
-    try: now = execute(nb, folder, timeout, skip=skip)
-    except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
-    res = compare_cells(nb, now, str(path), skip)
-    if update and res.differ: nbformat.write(nbformat.from_dict(now), path)
+    skip, saved = skip_flags(folder), records_folder(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        try: now = execute(nb, folder, timeout, skip=skip, records=Path(tmp))
+        except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
+        res, new = compare_cells(nb, now, str(path), skip), cell_records(Path(tmp))
+        for c in res.differ: c.why = explain(new.get(c.index, []), saved, cell_key(nb['cells'][c.index], c.index))
+        if update and (res.differ or new and not saved.exists()):
+            nbformat.write(nbformat.from_dict(now), path)
+            save_records(now, new, saved)
     return res
 
 def report(r:NotebookResult, context:int=3) -> str:
@@ -183,16 +265,16 @@ def report(r:NotebookResult, context:int=3) -> str:
     for c in r.differ:
         src = c.source.splitlines() or ['']
         lines += [f'  cell {c.index}: {src[0]}'] + [f'          {l}' for l in src[1:context]]
-        lines += [f'    {l}' for l in c.diff]
+        lines += [f'    {l}' for l in c.diff] + [f'    {l}' for l in c.why]
     if r.rules: lines.append('  ignored: ' + '; '.join(RULES[k] for k in sorted(r.rules)))
     return '\n'.join(lines)
 
 # %% ../nbs/04a_nbcheck.ipynb #6ede0bdb
 def notebooks(paths) -> list:
-    "The notebooks `paths` names, and those in the folders it names (none in hidden folders such as checkpoints)"
+    "The notebooks `paths` names, and those in its folders that `nbdev-test` runs (no name starting with `.` or `_`)"
     res = []
     for p in map(Path, paths):
-        if p.is_dir(): res += sorted(q for q in p.rglob('*.ipynb') if not any(s[0] == '.' for s in q.relative_to(p).parts))
+        if p.is_dir(): res += sorted(q for q in p.rglob('*.ipynb') if not any(s[0] in '._' for s in q.relative_to(p).parts))
         else: res.append(p)
     return res
 
