@@ -22,7 +22,7 @@ sync: install
 
 test: sync
 	$(BIN)/fastai-repro nbcheck nbs --n-workers 2
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 bench: install
 	$(BIN)/python bench/overhead.py

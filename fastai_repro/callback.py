@@ -333,6 +333,13 @@ def _end_facts(self:ReproducibleCallback, sc:FitScope):
     sc.facts['metrics'] = dict(names=names, values=jsonable(getattr(rec, 'values', [])))
     self._live_check() # the final weights too
 
+def _save_for_nbcheck(record:RunRecord, owner):
+    "Save `record` where `fastai-repro nbcheck` asks for it (nowhere outside its kernels); a failure only warns"
+    try:
+        if (p := kernel_record_path(owner)) is not None: record.save(p)
+    except Exception as e:
+        warnings.warn(f'ReproducibleCallback: the record for nbcheck was not saved: {type(e).__name__}: {e}', ReproducibilityWarning)
+
 @patch
 def _save(self:ReproducibleCallback, sc:FitScope):
     if self.saved_as is not None: return self.record.save(self.saved_as)
@@ -366,7 +373,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
             _remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)
-        if (p := kernel_record_path(self)) is not None: attempt(self._guard, self.record.save, p) # for nbcheck's report
+        _save_for_nbcheck(self.record, self)
     if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
     for e in errs: warnings.warn(f'ReproducibleCallback: closing a fit: {type(e).__name__}: {e}', ReproducibilityWarning)
 

@@ -5,7 +5,7 @@ saved ones, ignoring only what cannot be reproduced, by rules it names."""
 
 # %% ../nbs/04a_nbcheck.ipynb #f8aaead9
 from __future__ import annotations
-import base64, copy, difflib, hashlib, html, os, re, shutil, tempfile
+import base64, copy, difflib, hashlib, html, os, re, shutil, tempfile, uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +13,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['RULES', 'RECORDS_ENV', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines', 'cell_lines',
            'kernel_record_path', 'running_request', 'file_safe', 'records_folder', 'cell_key', 'cell_records',
-           'explain', 'save_records', 'CellResult', 'NotebookResult', 'execute', 'compare_cells', 'check', 'report',
-           'notebooks', 'nbcheck']
+           'explain', 'named_records', 'same_records', 'save_records', 'CellResult', 'NotebookResult', 'execute',
+           'compare_cells', 'check', 'report', 'notebooks', 'nbcheck']
 
 # %% ../nbs/04a_nbcheck.ipynb #e82fb1b5
 def directives(src:str) -> dict:
@@ -53,14 +53,14 @@ RULES = {'time': "the `time` column of fastai's training tables", 'progress': 'p
          'paths': 'where packages are installed, in file paths (`.../site-packages/`)'}
 
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')
-_SITE = re.compile(r'[^\s"\'(]*/(site|dist)-packages/')
+_SITE = re.compile(r'(?<![^\s"\'(=:,\[])/[^\s"\'(:,]*?/(site|dist)-packages/') # one path at a time, up to its first
 _BAR = re.compile(r'\|[^|]*\|\s*\d+(\.\d+)?% \[[^\]]*\]') # fastprogress on a console: |███---| 12.50% [1/8 00:01<00:07]
 
 def _text(s:str, used:set) -> str:
     "`s` with memory addresses and the folders of installed packages left out"
     t = _ADDRESS.sub(' at 0x...', s)
     if t != s: used.add('address')
-    u = _SITE.sub(r'.../\1-packages/', t)
+    u = _SITE.sub(r'.../\1-packages/', t) if '-packages/' in t else t
     if u != t: used.add('paths')
     return u
 
@@ -130,8 +130,9 @@ RECORDS_ENV = 'FASTAI_REPRO_NBCHECK_RECORDS'
 
 def kernel_record_path(owner) -> Path|None:
     "Where `owner` (a callback training in the running cell) saves its record for `nbcheck`; `None` outside nbcheck"
-    folder, n = os.environ.get(RECORDS_ENV), running_request()
-    if not folder or n is None: return None
+    folder = os.environ.get(RECORDS_ENV)
+    n = running_request() if folder else None # no IPython import in a plain script
+    if n is None: return None
     slot = getattr(owner, '_nbcheck_slot', None)
     if slot is None or slot[0] != n: # the first fit of this callback in this cell: the next number in the cell
         slot = (n, _slots.setdefault(n, 0)); _slots[n] += 1; owner._nbcheck_slot = slot
@@ -168,6 +169,10 @@ def cell_records(folder:Path) -> dict:
 def explain(new:list, saved:Path, key:str) -> list:
     "What `compare` says of each new record of one cell against the record saved for that cell by `--update`"
     from fastai_repro.compare import compare
+    before = sorted(saved.glob(f'{key}-*.jsonl')) if saved.is_dir() else []
+    if len(before) > len(new): # fewer runs with the callback than the previous execution saved
+        return [f'why: the previous execution saved {len(before)} records of this cell, this one made {len(new)}: the cell '
+                f'trains {"no longer" if not new else "fewer runs"} with ReproducibleCallback']
     res = []
     for k, p in enumerate(new):
         old = saved/f'{key}-{k}.jsonl'
@@ -178,15 +183,26 @@ def explain(new:list, saved:Path, key:str) -> list:
         res += [f'  {w}: {f}' for w, f in c.fixes.items()] # each cause with its detail and fix
     return res
 
-def save_records(nb:dict, new:dict, saved:Path):
-    "Replace the records kept beside a notebook with those of this execution (a folder written whole, then swapped)"
-    if not new and not saved.exists(): return
-    tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f'.{saved.name}.'))
-    for i, ps in new.items():
-        for k, p in enumerate(ps): shutil.copyfile(p, tmp/f'{cell_key(nb["cells"][i], i)}-{k}.jsonl')
-    old = saved.with_name(f'.{saved.name}.old')
-    if saved.exists(): saved.rename(old)
-    tmp.rename(saved); shutil.rmtree(old, ignore_errors=True)
+def named_records(nb:dict, new:dict) -> dict:
+    "The file name each new record gets beside the notebook (`<cell id>-<k>.jsonl`) -> its path"
+    return {f'{cell_key(nb["cells"][i], i)}-{k}.jsonl': p for i, ps in new.items() for k, p in enumerate(ps)}
+
+def same_records(named:dict, saved:Path) -> bool:
+    "Whether the folder `saved` holds exactly these records, byte for byte"
+    have = {p.name: p for p in saved.glob('*.jsonl')} if saved.is_dir() else {}
+    return have.keys() == named.keys() and all(have[n].read_bytes() == p.read_bytes() for n, p in named.items())
+
+def save_records(named:dict, saved:Path):
+    "Replace the records kept beside a notebook (none: no folder) with `named`: a new folder written whole, then swapped"
+    tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    tmp, old = saved.with_name(f'.{saved.name}.{tag}'), saved.with_name(f'.{saved.name}.{tag}.old')
+    try:
+        if named:
+            tmp.mkdir()
+            for n, p in named.items(): shutil.copyfile(p, tmp/n)
+        if saved.exists(): saved.rename(old)
+        if named: tmp.rename(saved)
+    finally: shutil.rmtree(tmp, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/04a_nbcheck.ipynb #1a358cad
 @dataclass
@@ -219,7 +235,7 @@ def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()
         sent[cell_index] = execute_reply['parent_header']['msg_id']
     NotebookClient(todo, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(folder)}},
                    extra_arguments=['--IPKernelApp.log_level=ERROR'], # no warning about TCP
-                   on_cell_executed=executed).execute(env=env)
+                   on_cell_executed=executed).execute(**({'env': env} if env else {}))
     for j, msg in sent.items(): # the records, named by the cell that trained: `<cell index>-<k>.jsonl`
         for p in (records.glob(f'{file_safe(msg)}-*.jsonl') if records else []):
             p.rename(records/f"{run[j]}-{p.name.rsplit('-', 1)[1]}")
@@ -252,9 +268,12 @@ def check(path, update:bool=False, timeout:int=600) -> NotebookResult:
         except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
         res, new = compare_cells(nb, now, str(path), skip), cell_records(Path(tmp))
         for c in res.differ: c.why = explain(new.get(c.index, []), saved, cell_key(nb['cells'][c.index], c.index))
-        if update and (res.differ or new and not saved.exists()):
-            nbformat.write(nbformat.from_dict(now), path)
-            save_records(now, new, saved)
+        if not update: return res
+        named = named_records(now, new)
+        try:
+            if not same_records(named, saved): save_records(named, saved) # records first: a notebook never points past them
+            if res.differ: nbformat.write(nbformat.from_dict(now), path)
+        except OSError as e: res.error = f'cannot save the new outputs or records: {type(e).__name__}: {e}'
     return res
 
 def report(r:NotebookResult, context:int=3) -> str:

@@ -7,12 +7,12 @@ fail."""
 from helpers import assert_same, same_run, train
 
 def test_lr_find_suggestions_equal(new_dls):
-    "Two runs with an `lr_find` first: the same suggestion and the same run with the callback; without it, not"
+    "Two runs with an `lr_find` first: the same suggestion and the same run with the callback; without it, other runs"
     a, b = train(new_dls(), lr_find=True), train(new_dls(), lr_find=True)
     assert a.suggestion == b.suggestion
     assert_same(a, b)
     c, d = train(new_dls(), callback=False, lr_find=True), train(new_dls(), callback=False, lr_find=True)
-    assert c.suggestion != d.suggestion
+    assert not same_run(c, d) # the suggestions may coincide (24 steps: the valley can be the smallest rate), the runs not
 
 def test_losses_were_recorded(new_dls):
     "The traces `same_run` compares are not empty: fine_tune(1) is two fits of one epoch"
