@@ -176,7 +176,8 @@ def explain(new:list, saved:Path, key:str) -> list:
     res = []
     for k, p in enumerate(new):
         old = saved/f'{key}-{k}.jsonl'
-        if not old.exists(): res.append(f'why: no record of run {k} of this cell was saved (nbcheck --update saves them in {saved})'); continue
+        if not old.exists():
+            res.append(f'why: no record of run {k} of this cell was saved (nbcheck --update saves them in {saved})'); continue
         try: c = compare(old, p)
         except Exception as e: res.append(f'why: cannot compare run {k} with {old}: {type(e).__name__}: {e}'); continue
         res += [f'why (run {k} of this cell, compared with {old.name}): {c.verdict()}']
