@@ -15,14 +15,15 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/fastai-repro demo
 
-# The package and README.md must be what the notebooks generate; then every notebook executed and its saved outputs
-# compared (nbcheck, which also fails on a cell that raises), then the training tests.
+# The package and README.md must be what the notebooks generate; then the tests, two at a time (pytest-xdist on this
+# machine's 2 cores), among them every notebook executed and its saved outputs compared (tests/test_docs_notebooks.py,
+# which runs nbcheck). Tests that share a module fixture stay on one worker (tests/conftest.py). OpenMP's idle threads
+# sleep instead of spinning (OMP_WAIT_POLICY, which changes no number), so that they leave the CPU to the other worker.
 sync: install
 	PATH=$(abspath $(BIN)):$$PATH sh .ci/check-sync
 
 test: sync
-	$(BIN)/fastai-repro nbcheck nbs --n-workers 2
-	$(BIN)/python -m pytest -q --durations=20
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q -n 2 --durations=25
 
 bench: install
 	$(BIN)/python bench/overhead.py

@@ -104,6 +104,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_repro.compare._at': ('compare.html#_at', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare._batch_cause': ('compare.html#_batch_cause', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare._before': ('compare.html#_before', 'fastai_repro/compare.py'),
+                                      'fastai_repro.compare._carried': ('compare.html#_carried', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare._causes': ('compare.html#_causes', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare._clip': ('compare.html#_clip', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare._describe': ('compare.html#_describe', 'fastai_repro/compare.py'),

@@ -37,6 +37,11 @@ def fact(comp:str, f:dict) -> dict:
         res['callbacks'] = [c for c in res['callbacks'] or [] if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
     return res
 
+def _carried(fits:list, i:int) -> bool:
+    "Whether fit `i` started from the weights fit `i - 1` ended with (as `fine_tune`'s second fit does)"
+    prev = fits[i - 1].get('final_weights') if i > 0 else None
+    return prev is not None and fits[i].get('init_weights') == prev
+
 def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
     "Component -> description of what differs between the fits `fa` and `fb` (absent when equal)"
     res = {}
@@ -45,6 +50,7 @@ def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
         other_opt = fact('optimizer', a) != fact('optimizer', b) # then its hyper-parameters differ too: not a cause
         for comp in FACTS:
             if comp in res or (partial and comp == 'final_weights' and 'final_weights' not in b): continue
+            if comp == 'init_weights' and _carried(fa, i) and _carried(fb, i): continue # follows from the fits before
             va, vb = fact(comp, a), fact(comp, b)
             if comp == 'hyperparameters' and other_opt:
                 va, vb = ({k: v for k, v in d.items() if k != 'hypers'} for d in (va, vb))

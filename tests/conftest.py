@@ -30,3 +30,21 @@ def no_previous_run():
     from fastai_repro import callback
     callback._previous.clear()
     yield
+
+LONGEST = ['test_docs_notebooks.py', 'test_isolation.py', 'test_pets_experiments.py'] # minutes each, in all
+SHARED = ['test_keyed_data.py', 'test_distributed.py', 'test_nbcheck.py'] # their tests share a costly module fixture
+
+def pytest_collection_modifyitems(items):
+    "The longest files' tests first, since pytest-xdist hands tests out in this order; the rest in their usual order"
+    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist (`make test` runs `-n 2`) hands out each test alone, but all the tests of a `SHARED` file to one
+    worker, which builds their fixture once; bigger units first. (Its `--dist loadgroup` would do this with marks,
+    but under pytest 9.2 its renamed node ids are ignored.)"""
+    from xdist.scheduler import LoadScopeScheduling
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid:str) -> str:
+            file = nodeid.split('::')[0]
+            return file if file.rsplit('/', 1)[-1] in SHARED else nodeid
+    return Scheduling(config, log)

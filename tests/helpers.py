@@ -1,5 +1,6 @@
 "Shared pieces of the end-to-end tests: a small real data set and one training run of the pets notebook"
-import os, random, warnings
+import multiprocessing, os, random, tempfile, traceback, warnings
+from pathlib import Path
 import numpy as np, torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune, lr_find)
 from fastai.callback.core import Callback
@@ -10,7 +11,7 @@ from fastai.vision.models import resnet18
 from fastai_repro.all import ReproducibleCallback, weights_equal
 from fastai_repro.callback import fit_kind
 
-N_IMAGES, SIZE, LR_FIND_ITERS = 640, 32, 24
+N_IMAGES, SIZE, LR_FIND_ITERS = 640, 16, 24 # 16 pixels: a quarter of the work of 32, the same batches
 
 class Trace(Callback):
     "Keeps every training loss and every epoch's metrics row, to compare runs exactly"
@@ -62,3 +63,30 @@ def assert_same(a, b):
     assert sa.keys() == sb.keys()
     for k in sa: assert torch.equal(sa[k], sb[k]), f'{k} differs'
     assert same_run(a, b)
+
+JOBS = ['resume_job', 'workers_job'] # the job scripts' modules (and so fastai), imported once by the forkserver
+
+def _job(fn, args:tuple, err:str):
+    "Runs `fn(*args)` in the new process; a failure's traceback goes to the file `err`, since stderr is the server's"
+    os.environ['CUDA_VISIBLE_DEVICES'] = '' # CPU runs, as on the machines that run the tests
+    try: fn(*args)
+    except BaseException:
+        Path(err).write_text(traceback.format_exc())
+        raise SystemExit(1)
+
+def in_new_processes(*calls, timeout:int=600):
+    """Runs each `(fn, *args)` of `calls` in a new process, all at once, and fails with the traceback of one that failed.
+    The processes are forked by multiprocessing's forkserver, a server that only imported `JOBS`: each starts as a
+    fresh `python` does after its imports, without spending the ten seconds that importing fastai takes."""
+    ctx = multiprocessing.get_context('forkserver')
+    ctx.set_forkserver_preload(JOBS) # read when this process starts its server, the first time
+    with tempfile.TemporaryDirectory() as tmp:
+        errs = [Path(tmp)/f'{i}.txt' for i in range(len(calls))]
+        procs = [ctx.Process(target=_job, args=(fn, tuple(args), str(e))) for (fn, *args), e in zip(calls, errs)]
+        for p in procs: p.start()
+        for p in procs: p.join(timeout)
+        for p in procs:
+            if p.is_alive(): p.kill()
+        for (fn, *args), p, e in zip(calls, procs, errs):
+            why = e.read_text()[-5000:] if e.exists() else f'exit code {p.exitcode}'
+            assert p.exitcode == 0, f'{fn.__name__}{tuple(args)} failed:\n{why}'

@@ -71,13 +71,33 @@ def test_extra_draw_at_batch_5(new_dls):
     assert c.causes == ['rng'] and (fd.fit, fd.epoch, fd.phase, fd.iter) == (0, 0, 'train', 5)
     assert fd.components[0] == 'rng_torch_step' and 'out of order' in c.fixes['rng']
 
+def cropped(digits):
+    "The digits' `DataLoaders` with another crop than `new_dls`'s (`min_scale=0.5`)"
+    return ImageDataLoaders.from_name_func(digits, sorted(digits.glob('*.png')), valid_pct=0.2, seed=21, label_func=is_upper,
+                                           item_tfms=RandomResizedCrop(SIZE, min_scale=0.5),
+                                           batch_tfms=aug_transforms(do_flip=False))
+
 def test_transform_changed(digits, new_dls):
     a = fit1(quiet_learner(new_dls()))
-    dls = ImageDataLoaders.from_name_func(digits, sorted(digits.glob('*.png')), valid_pct=0.2, seed=21, label_func=is_upper,
-                                          item_tfms=RandomResizedCrop(SIZE, min_scale=0.5), batch_tfms=aug_transforms(do_flip=False))
-    c = compare(a, fit1(quiet_learner(dls)))
+    c = compare(a, fit1(quiet_learner(cropped(digits))))
     assert c.causes == ['dataloader'] and 'min_scale' in c.details['dataloader']
     assert c.first_divergence.iter == 0 and 'inputs' in c.first_divergence.components
+
+def two_fits(dls, between=None):
+    "Two fits of one learner, as `fine_tune` makes; `between(learn)` runs between them"
+    learn = quiet_learner(dls)
+    fit1(learn)
+    if between: between(learn)
+    return fit1(learn)
+
+def test_a_second_fit_starts_where_the_first_ended(digits, new_dls):
+    "The second fit's other initial weights follow from the first fit's change: not a cause of their own"
+    c = compare(two_fits(new_dls()), two_fits(cropped(digits)))
+    assert c.causes == ['dataloader'], c.causes
+    def reset_head(learn): # the contrast: a run that changes the weights between its fits
+        with torch.random.fork_rng(): learn.model[-1][-1].reset_parameters()
+    c = compare(two_fits(new_dls()), two_fits(new_dls(), reset_head))
+    assert c.causes == ['init_weights'] and 'fit 1' in c.details['init_weights'], (c.causes, c.details)
 
 def test_pixels_changed_same_files(digits, tmp_path):
     "Same file names, other pixels: the item set and the split match, the inputs do not"

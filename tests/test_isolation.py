@@ -1,6 +1,6 @@
 """Tweak isolation and exact resume: with ReproducibleCallback every batch depends on (seed, fit, epoch, index) and
 the data pipeline only, and a run resumed from a checkpoint in another process ends bit-identical."""
-import shutil, subprocess, sys
+import shutil
 from pathlib import Path
 import pytest, torch
 from torch import nn
@@ -8,6 +8,8 @@ from fastai.callback.mixup import MixUp
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import ReproducibleCallback, compare
+from helpers import in_new_processes
+import resume_job
 
 def model(dropout=False):
     layers = [nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
@@ -46,12 +48,14 @@ def test_learning_rates_keep_the_data(new_dls):
     assert same_batches(a, b)
     assert a.fits[0]['final_weights'] != b.fits[0]['final_weights']
 
-def jobs(folder, callback, *modes):
-    for m in modes:
-        r = subprocess.run([sys.executable, str(Path(__file__).parent/'resume_job.py'), m, str(folder), str(int(callback))],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-    return [torch.load(folder/f'{m}.pth') for m in modes]
+def jobs(folder, prefix:str) -> dict:
+    "The full run, then the first epoch and the resumed rest, each in a new process, with the callback and without"
+    modes = [(f'{prefix}{m}', cb) for m in ('full', 'first', 'resume') for cb in (True, False)]
+    calls = [(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes]
+    for cb in (True, False): shutil.copytree(folder/'digits', folder/str(cb)/'digits')
+    in_new_processes(*calls[:4]) # full and first, with and without
+    in_new_processes(*calls[4:]) # resumed from the checkpoint first saved
+    return {(m.removeprefix(prefix), cb): torch.load(folder/str(cb)/f'{m}.pth') for m, cb in modes}
 
 def equal(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -63,7 +67,6 @@ def job_folder(small_digits, tmp_path):
 
 @pytest.mark.parametrize('prefix', ['', 'ft_'])
 def test_exact_resume_in_new_processes(job_folder, prefix):
-    full, _, resumed = jobs(job_folder, True, f'{prefix}full', f'{prefix}first', f'{prefix}resume')
-    assert equal(full, resumed)
-    full, _, resumed = jobs(job_folder, False, f'{prefix}full', f'{prefix}first', f'{prefix}resume')
-    assert not equal(full, resumed)
+    runs = jobs(job_folder, prefix)
+    assert equal(runs['full', True], runs['resume', True])
+    assert not equal(runs['full', False], runs['resume', False])

@@ -1,9 +1,8 @@
-"""Issue 12: keyed data wherever fastai's loaders run. Each run is its own process (`workers_job.py`), so that it can
-pick its start method: `fork`, `spawn` and `forkserver` with 2 workers, persistent workers, and no workers, all give
+"""Issue 12: keyed data wherever fastai's loaders run. Each run is its own process (`workers_job.main`), so that it
+can pick its start method: `fork`, `spawn` and `forkserver` with 2 workers, persistent workers, and no workers, all give
 the same batches and bit-identical weights with the callback; without it, 0 and 2 workers differ. In this process:
 an iterable data set, keyed by position."""
-import os, random, signal, subprocess, sys, warnings
-from pathlib import Path
+import random, warnings
 import numpy as np, pytest, torch
 from torch import nn
 from fastai.data.core import TfmdDL, DataLoaders
@@ -13,30 +12,21 @@ from fasttransform import Pipeline
 from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, isolate_loader, loader_keys, release_loader
 from fastai_repro.keyed_data import KeyedBatch
 from fastai_repro.runrecord import DIGEST_KEYS
+import workers_job
+from helpers import in_new_processes
 from workers_job import Draws, Inputs, Items
 
-JOB = Path(__file__).parent/'workers_job.py'
-RUNS = {'none': ('fork', 0, 0, 1), 'fork': ('fork', 2, 0, 1), 'spawn': ('spawn', 2, 0, 1),
-        'forkserver': ('forkserver', 2, 0, 1), 'persistent': ('fork', 2, 1, 1),
-        'plain_none': ('fork', 0, 0, 0), 'plain_fork': ('fork', 2, 0, 0)}
+# name: (start method, workers, persistent, callback)
+RUNS = {'none': ('fork', 0, False, True), 'fork': ('fork', 2, False, True), 'spawn': ('spawn', 2, False, True),
+        'forkserver': ('forkserver', 2, False, True), 'persistent': ('fork', 2, True, True),
+        'plain_none': ('fork', 0, False, False), 'plain_fork': ('fork', 2, False, False)}
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory) -> dict:
-    "Every run of `RUNS`, two at a time, each in its own process: what it saw and its final weights"
-    root, procs = tmp_path_factory.mktemp('workers'), {}
-    names = list(RUNS)
+    "Every run of `RUNS`, each in a new process, two at a time: what it saw and its final weights"
+    root, names = tmp_path_factory.mktemp('workers'), list(RUNS)
     for i in range(0, len(names), 2):
-        for name in names[i:i + 2]:
-            cmd = [sys.executable, str(JOB), *map(str, RUNS[name]), str(root/f'{name}.pt')]
-            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                           start_new_session=True, env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
-        for name in names[i:i + 2]:
-            p = procs[name]
-            try: out, _ = p.communicate(timeout=600)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                raise
-            assert p.returncode == 0, f'{name} run failed:\n{out[-5000:]}'
+        in_new_processes(*[(workers_job.main, *RUNS[n], str(root/f'{n}.pt')) for n in names[i:i + 2]])
     return {name: torch.load(root/f'{name}.pt', weights_only=False) for name in names}
 
 def same_weights(a, b) -> bool: return all(torch.equal(a['weights'][k], b['weights'][k]) for k in a['weights'])
