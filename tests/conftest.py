@@ -31,18 +31,25 @@ def no_previous_run():
     callback._previous.clear()
     yield
 
-LONGEST = ['test_docs_notebooks.py', 'test_isolation.py', 'test_pets_experiments.py'] # minutes each, in all
+# The longest tests (minutes each) by a part of their node id, longest first; pytest-xdist hands tests out in this order
+LONGEST = ['11_pets_replayed', 'test_keyed_data.py', 'test_distributed.py', 'test_exact_resume',
+           'test_pets_experiments.py', 'test_nbcheck.py', '08_why_runs_differ']
 SHARED = ['test_keyed_data.py', 'test_distributed.py', 'test_nbcheck.py'] # their tests share a costly module fixture
 
-def pytest_collection_modifyitems(items):
-    "The longest files' tests first, since pytest-xdist hands tests out in this order; the rest in their usual order"
-    items.sort(key=lambda item: LONGEST.index(item.path.name) if item.path.name in LONGEST else len(LONGEST))
+def _rank(nodeid:str) -> int: return next((i for i, k in enumerate(LONGEST) if k in nodeid), len(LONGEST))
 
+def pytest_collection_modifyitems(items):
+    "The longest tests first, the rest in their usual order"
+    items.sort(key=lambda item: _rank(item.nodeid))
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """pytest-xdist (`make test` runs `-n 2`) hands out each test alone, but all the tests of a `SHARED` file to one
-    worker, which builds their fixture once; bigger units first. (Its `--dist loadgroup` would do this with marks,
-    but under pytest 9.2 its renamed node ids are ignored.)"""
+    """Under `pytest -n` (`make test` runs `-n 2`), each test is handed out alone, in the order collected, except that
+    all the tests of a `SHARED` file go to one worker, which builds their fixture once. (pytest-xdist's own
+    `--dist loadgroup` would do this with marks, but under pytest 9.2 the node ids it renames are ignored.)"""
+    if config.getvalue('dist') != 'load': return None # another --dist asked for: pytest-xdist's own
     from xdist.scheduler import LoadScopeScheduling
+    config.option.loadscopereorder = False # else the biggest units first, not the longest
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid:str) -> str:
             file = nodeid.split('::')[0]

@@ -1,5 +1,5 @@
 "Shared pieces of the end-to-end tests: a small real data set and one training run of the pets notebook"
-import multiprocessing, os, random, tempfile, traceback, warnings
+import multiprocessing, os, random, subprocess, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 import numpy as np, torch
 import fastai.callback.schedule  # noqa: F401  (fine_tune, lr_find)
@@ -64,7 +64,7 @@ def assert_same(a, b):
     for k in sa: assert torch.equal(sa[k], sb[k]), f'{k} differs'
     assert same_run(a, b)
 
-JOBS = ['resume_job', 'workers_job'] # the job scripts' modules (and so fastai), imported once by the forkserver
+PRELOAD = ['fastai_repro.all', 'fastai.vision.learner', 'fastai.callback.schedule'] # what the jobs import: fastai
 
 def _job(fn, args:tuple, err:str):
     "Runs `fn(*args)` in the new process; a failure's traceback goes to the file `err`, since stderr is the server's"
@@ -76,17 +76,30 @@ def _job(fn, args:tuple, err:str):
 
 def in_new_processes(*calls, timeout:int=600):
     """Runs each `(fn, *args)` of `calls` in a new process, all at once, and fails with the traceback of one that failed.
-    The processes are forked by multiprocessing's forkserver, a server that only imported `JOBS`: each starts as a
-    fresh `python` does after its imports, without spending the ten seconds that importing fastai takes."""
+    The processes are forked by multiprocessing's forkserver, a server that has only imported `PRELOAD`: each starts as
+    a fresh `python` is after those imports, without the ten seconds importing fastai takes. Unlike separate
+    interpreters, they share the server's `str` hash seed; where that matters, run a script (`run_script`)."""
     ctx = multiprocessing.get_context('forkserver')
-    ctx.set_forkserver_preload(JOBS) # read when this process starts its server, the first time
+    ctx.set_forkserver_preload(PRELOAD) # read when this process starts its server, the first time
+    procs = []
     with tempfile.TemporaryDirectory() as tmp:
         errs = [Path(tmp)/f'{i}.txt' for i in range(len(calls))]
-        procs = [ctx.Process(target=_job, args=(fn, tuple(args), str(e))) for (fn, *args), e in zip(calls, errs)]
-        for p in procs: p.start()
-        for p in procs: p.join(timeout)
-        for p in procs:
-            if p.is_alive(): p.kill()
+        try:
+            for (fn, *args), e in zip(calls, errs):
+                procs.append(ctx.Process(target=_job, args=(fn, tuple(args), str(e))))
+                procs[-1].start()
+            deadline = time.monotonic() + timeout
+            for p in procs: p.join(max(0., deadline - time.monotonic()))
+            assert not any(p.is_alive() for p in procs), f'jobs still running after {timeout} s: {calls}'
+        finally:
+            for p in procs:
+                if p.is_alive(): p.kill(); p.join()
         for (fn, *args), p, e in zip(calls, procs, errs):
             why = e.read_text()[-5000:] if e.exists() else f'exit code {p.exitcode}'
             assert p.exitcode == 0, f'{fn.__name__}{tuple(args)} failed:\n{why}'
+
+def run_script(path:Path, *args, timeout:int=600):
+    "Runs `python path *args` in a new interpreter (its own hash seed, its own imports); fails with its stderr"
+    r = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    assert r.returncode == 0, f'{path.name} {args} failed:\n{r.stderr[-5000:]}'

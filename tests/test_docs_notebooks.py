@@ -1,17 +1,14 @@
 """Issue 13, item 4: the project's notebooks are stored executed, and each still prints what it saved
 (`fastai-repro nbcheck`, which also fails on a cell that raises). One test per notebook, so that pytest-xdist runs
-them beside the other tests; the longest first."""
+them beside the other tests."""
 from pathlib import Path
 import pytest
 from fastai_repro.cli import main
 from fastai_repro.nbcheck import notebooks
 
 NBS = Path(__file__).parents[1]/'nbs'
-LONGEST = ['11_pets_replayed.ipynb'] # 26 `fine_tune` runs: started first, so the others fill the time beside it
 
-def by_length(nb:Path) -> tuple: return (nb.name not in LONGEST, nb.name)
-
-@pytest.mark.parametrize('nb', sorted(notebooks([NBS]), key=by_length), ids=lambda nb: nb.stem)
+@pytest.mark.parametrize('nb', notebooks([NBS]), ids=lambda nb: nb.stem)
 def test_notebook_prints_what_it_saved(nb, capsys):
     "Executed in a fresh kernel, every code cell gives its saved outputs (under nbcheck's named rules)"
     code = main(['nbcheck', str(nb)])

@@ -8,7 +8,7 @@ from fastai.callback.mixup import MixUp
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import ReproducibleCallback, compare
-from helpers import in_new_processes
+from helpers import in_new_processes, run_script
 import resume_job
 
 def model(dropout=False):
@@ -49,12 +49,13 @@ def test_learning_rates_keep_the_data(new_dls):
     assert a.fits[0]['final_weights'] != b.fits[0]['final_weights']
 
 def jobs(folder, prefix:str) -> dict:
-    "The full run, then the first epoch and the resumed rest, each in a new process, with the callback and without"
+    """The full run, the first epoch and the resumed rest, each in a new process, with the callback and without; the
+    resumed run with the callback in a new interpreter, as a user resumes"""
     modes = [(f'{prefix}{m}', cb) for m in ('full', 'first', 'resume') for cb in (True, False)]
-    calls = [(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes]
     for cb in (True, False): shutil.copytree(folder/'digits', folder/str(cb)/'digits')
-    in_new_processes(*calls[:4]) # full and first, with and without
-    in_new_processes(*calls[4:]) # resumed from the checkpoint first saved
+    in_new_processes(*[(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes[:4]]) # full and first
+    in_new_processes((resume_job.main, f'{prefix}resume', str(folder/'False'), False)) # from the checkpoint saved
+    run_script(Path(resume_job.__file__), f'{prefix}resume', folder/'True', 1)
     return {(m.removeprefix(prefix), cb): torch.load(folder/str(cb)/f'{m}.pth') for m, cb in modes}
 
 def equal(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
