@@ -92,11 +92,12 @@ def two_fits(dls, between=None):
 
 def test_a_second_fit_starts_where_the_first_ended(digits, new_dls):
     "The second fit's other initial weights follow from the first fit's change: not a cause of their own"
-    c = compare(two_fits(new_dls()), two_fits(cropped(digits)))
+    a = two_fits(new_dls())
+    c = compare(a, two_fits(cropped(digits)))
     assert c.causes == ['dataloader'], c.causes
     def reset_head(learn): # the contrast: a run that changes the weights between its fits
         with torch.random.fork_rng(): learn.model[-1][-1].reset_parameters()
-    c = compare(two_fits(new_dls()), two_fits(new_dls(), reset_head))
+    c = compare(a, two_fits(new_dls(), reset_head))
     assert c.causes == ['init_weights'] and 'fit 1' in c.details['init_weights'], (c.causes, c.details)
 
 def test_pixels_changed_same_files(digits, tmp_path):
