@@ -1,4 +1,6 @@
-"""One process of the worker tests: `python workers_job.py METHOD WORKERS PERSISTENT CALLBACK OUT [EPOCHS]`.
+"""One process of the worker tests: `main(METHOD, WORKERS, PERSISTENT, CALLBACK, OUT)`, which the tests run in a process
+of their own (`helpers.in_new_processes`); by hand:
+`python workers_job.py METHOD WORKERS PERSISTENT CALLBACK OUT [EPOCHS]`.
 
 Trains a small model for EPOCHS epochs (default 2) on a picklable synthetic data set whose item and batch transforms
 draw from Python's, NumPy's and torch's global generators, with `num_workers=WORKERS` started by METHOD (`fork`,
