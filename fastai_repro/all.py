@@ -8,8 +8,8 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'release_loader', 'loader_keys', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
            'distributed', 'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest',
            'weights_equal', 'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'fit_facts',
-           'compare', 'Comparison', 'Divergence', 'plot_divergence', 'ReproducibleCallback', 'make_digits_folder',
-           'digits_dls', 'is_upper']
+           'compare', 'Comparison', 'Divergence', 'plot_divergence', 'ReproducibleCallback', 'checkpoints',
+           'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
@@ -22,6 +22,7 @@ from .facts import environment, data_facts, fit_facts
 from .runrecord import RunRecord, RecordError
 from .compare import compare, Comparison, Divergence, plot_divergence
 from .callback import ReproducibleCallback
+from .checkpoint import checkpoints, read_checkpoint
 from .data import make_digits_folder, digits_dls, is_upper
 
 # %% ../nbs/06_all.ipynb #02441290
@@ -31,4 +32,4 @@ _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive
          'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
          'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
-         'ReproducibleCallback', 'make_digits_folder', 'digits_dls', 'is_upper']
+         'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']

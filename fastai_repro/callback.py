@@ -14,14 +14,15 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
-    finalize, distributed)
+    finalize, distributed, model_generators, batch_seed, seed_batch, _unwrap)
 from .keyed_data import isolate_loader, give_back, release_loader
 from .compare import INTENDED, compare
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
     weights_digest)
 from .facts import fit_facts, jsonable
-from .fastai_patches import current_entries, entries, on_entry_exit
+from .fastai_patches import current_entries, entries, on_entry_exit, resume_at
+from .checkpoint import Checkpointer, Resume
 from .nbcheck import kernel_record_path
 
 # %% auto #0
@@ -54,6 +55,10 @@ class FitScope:
     at:tuple|None = None # (epoch, training, iter) of the latest batch begun
     done:bool = False # whether that batch finished
     prev_loss:object = None # `learn.loss` before that batch: still there if it was cancelled before its loss
+    bases:dict|None = None # the epoch's seeds of its training (True) and validation (False) batches
+    gens:list = field(default_factory=list) # torch's generators each batch seeds (`model_generators`)
+    resumed:bool = False # this fit goes on from the checkpoint of `resume_from`
+    restored:bool = False # the checkpoint's state was put back just before this batch
 
 # %% ../nbs/03_callback.ipynb #152ef0c3
 def _close_scopes(learn, entry:list, exc:BaseException|None):
@@ -95,21 +100,36 @@ def _check_count(name:str, v, fix:str) -> int:
         raise ValueError(f'{name} must be an int >= 0, got {v!r}; {fix}')
     return int(v)
 
-def _check_folder(save_to):
-    "Raise unless `save_to` is a folder, or can be made one, that this process can write to"
-    if not isinstance(save_to, (str, os.PathLike)): raise ValueError(f"save_to must be a folder's path, got {save_to!r}")
-    p = Path(save_to)
+def _check_folder(folder, name:str='save_to', holds:str='records are saved into a folder, one file per run'):
+    "Raise unless `folder` (the argument `name`) is a folder, or can be made one, that this process can write to"
+    if not isinstance(folder, (str, os.PathLike)): raise ValueError(f"{name} must be a folder's path, got {folder!r}")
+    p = Path(folder)
     if p.exists() and not p.is_dir():
-        raise ValueError(f"save_to={str(p)!r} is a file: records are saved into a folder, one file per run; pass a "
-                         f"folder, e.g. save_to='runs/'")
+        raise ValueError(f"{name}={str(p)!r} is a file: {holds}; pass a folder, e.g. {name}='runs/'")
     up = next(q for q in (p, *p.absolute().parents) if q.exists())
     if not up.is_dir() or not os.access(up, os.W_OK | os.X_OK):
-        raise ValueError(f'save_to={str(p)!r}: cannot write in {str(up)!r}; pass a folder this process can write to')
+        raise ValueError(f'{name}={str(p)!r}: cannot write in {str(up)!r}; pass a folder this process can write to')
+
+def _check_resuming(every:int, folder, keep, resume_from, first_fit:int, isolate_data:bool):
+    "Raise on checkpoint and resume settings that cannot work, naming the value and the fix"
+    if every and folder is None:
+        raise ValueError(f'checkpoint_every={every} needs checkpoint_dir, the folder to write the checkpoints in')
+    if folder is not None: _check_folder(folder, 'checkpoint_dir', "a run's checkpoints go into a folder")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f'keep must be an int >= 1, got {keep!r}; keep=3 keeps the last 3 checkpoints')
+    if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+        raise ValueError(f"resume_from must be the path of a checkpoint or of a checkpoint_dir, got {resume_from!r}")
+    if (folder is not None or resume_from is not None) and not isolate_data:
+        raise ValueError('checkpoints need isolate_data=True: a run can go on from any batch only because its data are '
+                         'keyed to (seed, fit, epoch, index)')
+    if resume_from is not None and first_fit:
+        raise ValueError(f'first_fit={first_fit} and resume_from do not go together: the checkpoint says which fit it '
+                         f'was taken in; drop first_fit')
 
 # %% ../nbs/03_callback.ipynb #ae239e0e
 class ReproducibleCallback(Callback):
     "Bit-reproducible fastai training: seeds every generator per fit, isolates `lr_find`, locks determinism, records"
-    order,isolates_entries,repro_settings = TrainEvalCallback.order-1,True,('deterministic','isolate_data')
+    order,isolates_entries,repro_settings = TrainEvalCallback.order-1,True,('deterministic','isolate_data','per_rank')
     def __init__(self,
         seed:int|None=None, # In [0, 2**32); `None` draws one from OS entropy, kept in `self.seed`
         strict:bool=False, # Raise on kernels with no deterministic implementation and on recorder problems
@@ -120,27 +140,37 @@ class ReproducibleCallback(Callback):
         compare_previous:bool=True, # Without `reference`, compare with the previous run of this experiment (same code)
         isolate_data:bool=True, # Key the data's randomness to (seed, fit, epoch, index), apart from the model's draws
         first_fit:int=0, # Training fits already run: resuming the second fit of `fine_tune` in a new process takes 1
+        checkpoint_every:int=0, # Write a checkpoint every this many training batches (and after each epoch's training)
+        checkpoint_dir:str|Path|None=None, # Folder of this run's checkpoints; alone: one after each epoch's training
+        keep:int=3, # Checkpoints kept: the older ones this run wrote are deleted
+        resume_from:str|Path|None=None, # A checkpoint, or a checkpoint_dir (its latest): go on from there
+        per_rank:bool=False, # Distributed: each rank's batches draw from (seed, rank, fit, epoch, batch), not all alike
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
-        for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data'): _check_flag(name, locals()[name])
+        for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data', 'per_rank'): _check_flag(name, locals()[name])
         every = _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
         first_fit = _check_count('first_fit', first_fit, 'the training fits already run, e.g. 1 for the second of fine_tune')
+        checkpoint_every = _check_count('checkpoint_every', checkpoint_every, 'e.g. 100 for a checkpoint every 100 batches')
         if save_to is not None: _check_folder(save_to)
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
-        store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data')
+        _check_resuming(checkpoint_every, checkpoint_dir, keep, resume_from, first_fit, isolate_data)
+        store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data,per_rank')
         self.n_fit,self._restored = first_fit,False # `n_fit`: training fits so far
         self._init_state()
+        self._ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, checkpoint_every, keep)
+        self._resume = None if resume_from is None else Resume(resume_from, self.seed)
         self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
         if reference is not None: self._ref = reference if isinstance(reference, RunRecord) else RunRecord.load(reference)
         on_entry_exit(_close_scopes) # closes what a fit or an inference call that raised left open
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
-    _stateattrs = ('record','saved_as','_ref','_learner','_checked','_key')
+    _stateattrs = ('record','saved_as','_ref','_learner','_checked','_key','_ckpt','_resume')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
         self._state,self.record,self.saved_as,self._ref,self._learner,self._checked = {},RunRecord(),None,None,None,False
+        self._ckpt,self._resume = None,None # an exported learner writes no checkpoint and resumes nothing
         self._key = None # the experiment (`compare_previous`): none for a callback loaded with an exported learner
 
     def __setstate__(self, state):
@@ -184,7 +214,8 @@ class ReproducibleCallback(Callback):
                 self._ref = _previous.get(self._key)
             self.n_fit += 1
             self._check_ranks(sc) # first: every rank must reach the collective
-            self._guard(self._start_facts, sc)
+            if self._resume is not None: self._resume_fit(sc)
+            if not sc.resumed and not (self._resume and self._resume.start(sc.idx)): self._guard(self._start_facts, sc)
             self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
 
@@ -194,21 +225,38 @@ class ReproducibleCallback(Callback):
         if not sc or sc.kind != 'train': return
         for dl in sc.isolated: give_back(dl) # first: what the loaders' items still hold would undo the seeding
         seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
+        rank = ('rank', distributed()[0]) if self.per_rank else ()
+        sc.bases = {t: derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch, t, *rank) for t in (True, False)}
+        sc.gens = model_generators()
         if not self.isolate_data: return
+        skip = sc.resumed and not sc.restored and self._resume.epoch == self.epoch and self._resume.batch
         for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
-            isolate_loader(dl, (self.seed, sc.idx, self.epoch, i))
+            isolate_loader(dl, (self.seed, sc.idx, self.epoch, i), skip if _unwrap(dl) is _unwrap(self.dls.train) else 0)
             if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)
 
     def after_train(self):
+        "Give back what items made after the last batch drew (`give_back`); take the epoch's checkpoint"
+        sc = self._scope()
+        if not sc: return
+        for dl in sc.isolated: give_back(dl)
+        if sc.resumed and not sc.restored: self._restore(sc) # the checkpoint came after the epoch's last batch
+        elif self._ckpt and sc.facts is not None and sc.done and sc.at == (self.epoch, True, self.n_iter - 1):
+            self._checkpoint(sc, self.n_iter)
+
+    def after_validate(self):
         "What items made after the last batch drew (a last batch that `drop_last` drops) goes back (`give_back`)"
         sc = self._scope()
         for dl in sc.isolated if sc else (): give_back(dl)
-    after_validate = after_train
 
     def before_batch(self):
         sc = self._scope()
         if not sc: return
         learn = self.learn
+        if sc.bases is not None: # a training fit: restore or checkpoint before this batch, then key its draws
+            if not learn.training: pass
+            elif sc.resumed and not sc.restored: self._restore(sc)
+            elif self._ckpt and sc.facts is not None and self._ckpt.due(learn): self._checkpoint(sc, learn.iter)
+            seed_batch(batch_seed(sc.bases[learn.training], learn.iter), sc.gens)
         sc.at,sc.done,sc.prev_loss = (learn.epoch, learn.training, learn.iter),False,learn.loss
         if sc.facts is not None and self.every and learn.iter % self.every == 0: self._guard(self._start_row, sc)
 
@@ -238,6 +286,35 @@ class ReproducibleCallback(Callback):
         "Restore the flags; after an isolated fit, every generator and the gradients too; keep and save the record"
         sc = self._scope()
         if sc: self._close(sc)
+
+    def _resume_fit(self, sc:FitScope):
+        "A resumed run: check this fit against the checkpoint's run, take its record, skip what it had run"
+        r = self._resume
+        if (at := r.start(sc.idx)) is None: return
+        if distributed()[1] > 1:
+            raise ReproducibilityError('ReproducibleCallback: resume_from is not supported in distributed training yet; '
+                                       'resume at an epoch boundary with learn.load and fit(start_epoch=...)')
+        r.check(sc.idx, fit_facts(self.learn))
+        if sc.idx == 0: self.record = r.record # the record so far, in which this run goes on
+        resume_at(self.learn, *at)
+        if sc.idx == r.fit: sc.resumed, sc.facts = True, self.record.fits[sc.idx]
+
+    def _restore(self, sc:FitScope):
+        "Put the learner in the checkpoint's state, just before the batch the run goes on with"
+        self._resume.restore(self.learn)
+        sc.restored = True
+        self.record.events.append(dict(event='resumed', before_fit=sc.idx, path=str(self._resume.path),
+                                       epoch=self.epoch, iter=self._resume.batch))
+
+    def _checkpoint(self, sc:FitScope, batch:int):
+        "Write the checkpoint from which this fit goes on with training batch `batch` of the epoch; a failure warns"
+        try:
+            self._flush(sc) # the batch rows so far, into the record the checkpoint holds
+            self._ckpt.write(self.learn, self.seed, sc.idx, batch, self.record)
+        except Exception as e:
+            if self.strict: raise
+            warnings.warn(f'ReproducibleCallback: checkpoint not written ({type(e).__name__}: {e}); training goes on',
+                          ReproducibilityWarning)
 
 # %% ../nbs/03_callback.ipynb #61808d40
 @patch
@@ -362,6 +439,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         try: f(*args)
         except Exception as e: errs.append(e)
     if sc.flags is not None: attempt(set_determinism_flags, sc.flags)
+    if sc.kind == 'train': resume_at(sc.learn, None)
     for p in sc.grads: p.grad = None
     for dl in sc.isolated: attempt(release_loader, dl)
     if sc.rng is not None: attempt(set_rng_state, sc.rng, sc.learn.dls)

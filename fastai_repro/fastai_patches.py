@@ -7,12 +7,14 @@ generators put back after the inference ones."""
 from __future__ import annotations
 import threading
 from functools import wraps
+from fastai.callback.core import CancelEpochException
 from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.hook # noqa: F401 (`lr_find` and `summary` are patched onto `Learner`)
 from .seeding import get_rng_state, set_rng_state
 
 # %% auto #0
-__all__ = ['EXIT_HOOKS', 'ENTRY_POINTS', 'on_entry_exit', 'current_entries', 'entries', 'isolates', 'patch_fastai']
+__all__ = ['EXIT_HOOKS', 'RESUME', 'ENTRY_POINTS', 'on_entry_exit', 'current_entries', 'entries', 'isolates', 'resume_at',
+           'patch_fastai']
 
 # %% ../nbs/02a_fastai_patches.ipynb #21b54932
 def _shared(name:str) -> list:
@@ -93,6 +95,36 @@ def _context_entry(enter, exit):
     __enter__.fastai_repro_entry = __exit__.fastai_repro_entry = 'context'
     return __enter__, __exit__
 
+# %% ../nbs/02a_fastai_patches.ipynb #84a11b84
+RESUME = '_fastai_repro_resume' # a learner's attribute: (epoch, batch) where its fit starts
+
+def resume_at(learn, epoch:int|None, batch:int=0):
+    "Start `learn`'s fit at training batch `batch` of epoch `epoch` (an epoch past the last: run none); `None` clears"
+    if epoch is None: learn.__dict__.pop(RESUME, None)
+    else: learn.__dict__[RESUME] = (epoch, batch)
+
+def _resumable(do_fit, all_batches):
+    "`Learner._do_fit` and `Learner.all_batches`, starting where `resume_at` says on a learner marked with it"
+    @wraps(do_fit)
+    def _do_fit(self):
+        "fastai's `_do_fit`; on a resumed learner, from the epoch it resumes at"
+        if RESUME not in self.__dict__: return do_fit(self)
+        start, bar = self.__dict__[RESUME][0], getattr(getattr(self, 'progress', None), 'mbar', None)
+        if start and bar: bar.update(0) # fastprogress's bar cannot start at a later epoch
+        for epoch in range(start, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, 'epoch', CancelEpochException)
+    @wraps(all_batches)
+    def _all_batches(self):
+        "fastai's `all_batches`; in a resumed epoch's training, numbered from the batch it resumes at"
+        at = self.__dict__.get(RESUME)
+        if at is None or not self.training or self.epoch != at[0]: return all_batches(self)
+        self.__dict__[RESUME] = (at[0], 0) # this epoch only
+        self.n_iter = len(self.dl)
+        for o in enumerate(self.dl, at[1]): self.one_batch(*o)
+    _do_fit.fastai_repro_entry = _all_batches.fastai_repro_entry = 'resume'
+    return _do_fit, _all_batches
+
 # %% ../nbs/02a_fastai_patches.ipynb #b929913c
 ENTRY_POINTS = dict(fit='fit', lr_find='lr_find', **dict.fromkeys(
     ('validate', 'get_preds', 'predict', 'show_results', 'tta', 'summary'), 'inference'))
@@ -116,6 +148,7 @@ def patch_fastai():
     if getattr(Learner.fit, 'fastai_repro_entry', None): return
     for cls in (Learner, *_subclasses(Learner)): _wrap_class(cls)
     Learner.__enter__, Learner.__exit__ = _context_entry(Learner.__enter__, Learner.__exit__)
+    Learner._do_fit, Learner.all_batches = _resumable(Learner._do_fit, Learner.all_batches)
     Learner.__init_subclass__ = classmethod(_wrap_subclass)
 
 patch_fastai()

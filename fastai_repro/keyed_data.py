@@ -9,15 +9,13 @@ import hashlib, operator, random, sys
 import numpy as np, torch
 from torch.utils.data import get_worker_info
 from fasttransform import Pipeline
-from .seeding import derive_seed, finalize, keyed_rng, _unwrap
+from .seeding import MASK32, derive_seed, finalize, keyed_rng, _unwrap
 
 # %% auto #0
-__all__ = ['MASK32', 'WorkerSeeds', 'LoaderKeys', 'seed_item', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
+__all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'seed_item', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
            'isolate_loader', 'give_back', 'release_loader']
 
 # %% ../nbs/00a_keyed_data.ipynb #f624a2d8
-MASK32 = 0xFFFFFFFF
-
 class WorkerSeeds(torch.Generator):
     "The private generator PyTorch draws a pass's worker seeds from; pickled by value (torch's own fails under `spawn`)"
     def __reduce__(self): return (_worker_seeds, (self.get_state().numpy().tobytes(),))
@@ -40,7 +38,7 @@ class _Absent:
 def _ours(name:str, value) -> bool:
     "Whether `value`, held under `name`, was set by the keying"
     return (type(value) is KeyedBatch if name == 'after_batch' else value is broadcast_indices if name == '_broadcast'
-            else isinstance(value, dict(do_item=KeyedItem, generator=WorkerSeeds)[name]))
+            else isinstance(value, dict(do_item=KeyedItem, generator=WorkerSeeds, get_idxs=SkipStart)[name]))
 
 class LoaderKeys:
     "How one fastai loader is keyed: its key and counters, what the keying replaced, the global state to give back"
@@ -70,11 +68,15 @@ class LoaderKeys:
         if isinstance(ab, Pipeline) and type(ab) is not KeyedBatch: self._set('dl', 'after_batch', KeyedBatch(ab, self))
         if self.outer is not None: self._set('outer', '_broadcast', broadcast_indices)
 
-    def start(self, key:tuple):
+    def start(self, key:tuple, skip:int=0):
         "Key the loader's next pass (an epoch) to `key`: its shuffle, its workers' seeds, its items and batches"
+        if skip and not self.dl.indexed:
+            raise ValueError(f'cannot start a pass at batch {skip} of a loader without an index (an iterable data set): '
+                             f'its items are keyed by their position, so the batches before would have to be made')
         self.put_back()
         self.wrap()
-        self.key, self.items, self.batches, self.made = key, derive_seed(*key, 'item'), 0, 0
+        self.key, self.items, self.batches, self.made = key, derive_seed(*key, 'item'), skip, 0
+        if skip: self._set('outer' if self.outer is not None else 'dl', 'get_idxs', SkipStart(self, skip))
         self.dl.rng.seed(derive_seed(*key, 'shuffle'))
         self._set('fake_l', 'generator', WorkerSeeds().manual_seed(derive_seed(*key, 'workers', *self.rank)))
 
@@ -115,6 +117,17 @@ class LoaderKeys:
             else: o.__dict__[name] = old
         self.replaced = {}
         self.dl.rng = self.rng[0]; self.dl.rng.setstate(self.rng[1])
+
+class SkipStart:
+    "A loader's `get_idxs` for one pass that starts at batch `n`: the items of the batches before are never made"
+    def __init__(self, keys:LoaderKeys, n:int): self.keys, self.n = keys, n
+    def __call__(self) -> list:
+        keys = self.keys
+        holder = 'outer' if keys.outer is not None else 'dl'
+        o, f = keys._holders()[holder], keys.replaced.get((holder, 'get_idxs'), _Absent)
+        idxs = list(f() if f is not _Absent else type(o).get_idxs(o)) # shuffled as in a whole pass
+        n, self.n = self.n * (keys.dl.bs or 1), 0 # this pass only
+        return idxs[n:]
 
 # %% ../nbs/00a_keyed_data.ipynb #bbe6bb48
 def seed_item(seed:int):
@@ -171,10 +184,10 @@ def broadcast_indices(t:list, rank:int) -> list:
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
-def isolate_loader(dl, key:tuple) -> LoaderKeys:
-    "Key `dl`'s shuffle, items, batches and worker seeds for its next pass to `key`, apart from the global streams"
+def isolate_loader(dl, key:tuple, skip:int=0) -> LoaderKeys:
+    "Key `dl`'s next pass to `key` (shuffle, items, batches, worker seeds), apart from the global streams; start at `skip`"
     keys = loader_keys(dl) or LoaderKeys(_unwrap(dl), dl)
-    keys.start(key)
+    keys.start(key, skip)
     return keys
 
 def give_back(dl):

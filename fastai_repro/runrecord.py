@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'RecordError', 'column_kind', 'check_value', 'batch_frame',
-           'RunRecord', 'new_file_mode', 'fit_problem', 'event_problem']
+           'RunRecord', 'new_file_mode', 'write_atomic', 'fit_problem', 'event_problem']
 
 # %% ../nbs/01b_runrecord.ipynb #7db3fa56
 FORMAT, VERSION = 'fastai_repro.RunRecord', 2
@@ -102,7 +102,16 @@ class RunRecord:
 
     def save(self, path, overwrite:bool=True) -> Path:
         "Write the record to `path` (JSON Lines) atomically; with `overwrite=False` an existing file is never replaced"
-        return _write(self, Path(path), overwrite)
+        return write_atomic(_content(self), Path(path), overwrite)
+
+    def to_bytes(self) -> bytes:
+        "The bytes `save` writes (a checkpoint holds them)"
+        return _content(self)
+
+    @classmethod
+    def from_bytes(cls, data:bytes, name='<bytes>') -> RunRecord:
+        "Read the bytes of a record (`to_bytes`), checked as `load` checks a file; errors name `name`"
+        return _Reader(Path(name), data).record()
 
     @classmethod
     def load(cls, path) -> RunRecord:
@@ -144,9 +153,8 @@ def _content(rec:RunRecord) -> bytes:
     counts = {'fits': len(rec.fits), 'events': len(rec.events), 'batches': len(rows)}
     return body + _dumps({'end': {**counts, 'crc32': zlib.crc32(body)}})
 
-def _write(rec:RunRecord, path:Path, overwrite:bool) -> Path:
-    "Write `rec`'s content to `path` through a temporary file in the same folder, renamed when complete"
-    data = _content(rec)
+def write_atomic(data:bytes, path:Path, overwrite:bool=True) -> Path:
+    "Write `data` to `path` through a temporary file in the same folder, renamed when complete: never a partial file"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         os.chmod(tmp, new_file_mode()) # `mkstemp` makes it 0600: give it the mode any other new file gets

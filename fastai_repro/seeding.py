@@ -9,9 +9,10 @@ from contextlib import contextmanager
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['SEED_RANGE', 'CUBLAS_ENV', 'ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'draw_seed', 'derive_seed',
-           'finalize', 'fastai_loaders', 'distributed', 'seed_generators', 'get_rng_state', 'set_rng_state',
-           'isolate_rng', 'keyed_rng', 'determinism_flags', 'set_determinism_flags', 'lock_determinism']
+__all__ = ['SEED_RANGE', 'MASK32', 'CUBLAS_ENV', 'ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'draw_seed',
+           'derive_seed', 'finalize', 'fastai_loaders', 'distributed', 'seed_generators', 'get_rng_state',
+           'set_rng_state', 'isolate_rng', 'keyed_rng', 'model_generators', 'batch_seed', 'seed_batch',
+           'determinism_flags', 'set_determinism_flags', 'lock_determinism']
 
 # %% ../nbs/00_seeding.ipynb #ec8c8d99
 class ReproducibilityWarning(UserWarning):
@@ -131,6 +132,24 @@ def keyed_rng(seed:int, device=None, restore:bool=True):
         if saved:
             random.setstate(saved[0]); np.random.set_state(saved[1])
             for g, s in zip(gens, saved[2]): g.set_state(s)
+
+# %% ../nbs/00_seeding.ipynb #3be8840e
+MASK32 = 0xFFFFFFFF
+
+def model_generators() -> list:
+    "torch's generators a batch draws from: the CPU's and, once CUDA has started, each CUDA device's (never starts it)"
+    gens = [torch.default_generator]
+    if torch.cuda.is_available() and torch.cuda.is_initialized(): gens += list(torch.cuda.default_generators)
+    return gens
+
+def batch_seed(base:int, i:int) -> int:
+    "The seed of batch `i` of a pass whose own seed is `base` (from `derive_seed`): a 32-bit mix of the two, no hashing"
+    return finalize((base << 32) | i) & MASK32
+
+def seed_batch(seed:int, gens:list):
+    "Seed Python, NumPy and the torch generators `gens` (`model_generators()`) from `seed`, a few µs in all"
+    random.seed(seed); np.random.seed(seed)
+    for g in gens: g.manual_seed(seed)
 
 # %% ../nbs/00_seeding.ipynb #4c97482a
 CUBLAS_ENV = 'CUBLAS_WORKSPACE_CONFIG'

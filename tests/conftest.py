@@ -33,7 +33,8 @@ def no_previous_run():
 
 # The longest tests (minutes each) by a part of their node id, longest first; pytest-xdist hands tests out in this order
 LONGEST = ['11_pets_replayed', 'test_keyed_data.py', 'test_distributed.py', 'test_exact_resume',
-           'test_pets_experiments.py', 'test_nbcheck.py', '08_why_runs_differ']
+           'test_pets_experiments.py', 'test_nbcheck.py', '08_why_runs_differ', '12_resume_anywhere',
+           'test_resume_anywhere.py']
 SHARED = ['test_keyed_data.py', 'test_distributed.py', 'test_nbcheck.py'] # their tests share a costly module fixture
 
 def _rank(nodeid:str) -> int: return next((i for i, k in enumerate(LONGEST) if k in nodeid), len(LONGEST))

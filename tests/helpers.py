@@ -75,11 +75,12 @@ def _job(fn, args:tuple, err:str):
         Path(err).write_text(traceback.format_exc())
         raise SystemExit(1)
 
-def in_new_processes(*calls, timeout:int=600):
+def in_new_processes(*calls, timeout:int=600, exitcodes:tuple|None=None):
     """Runs each `(fn, *args)` of `calls` in a new process, all at once, and fails with the traceback of one that failed.
     The processes are forked by multiprocessing's forkserver, a server that has only imported `PRELOAD`: each starts as
     a fresh `python` is after those imports, without the ten seconds importing fastai takes. Unlike separate
-    interpreters, they share the server's `str` hash seed; where that matters, run a script (`run_script`)."""
+    interpreters, they share the server's `str` hash seed; where that matters, run a script (`run_script`).
+    `exitcodes`: what each process must end with (default 0; `-signal.SIGKILL` for one that kills itself)."""
     ctx = multiprocessing.get_context('forkserver')
     ctx.set_forkserver_preload(PRELOAD) # read when this process starts its server, the first time
     procs = []
@@ -95,12 +96,12 @@ def in_new_processes(*calls, timeout:int=600):
         finally:
             for p in procs:
                 if p.is_alive(): p.kill(); p.join()
-        for (fn, *args), p, e in zip(calls, procs, errs):
+        for (fn, *args), p, e, code in zip(calls, procs, errs, exitcodes or [0] * len(calls)):
             why = e.read_text()[-5000:] if e.exists() else f'exit code {p.exitcode}'
-            assert p.exitcode == 0, f'{fn.__name__}{tuple(args)} failed:\n{why}'
+            assert p.exitcode == code, f'{fn.__name__}{tuple(args)} failed (wanted exit code {code}):\n{why}'
 
-def run_script(path:Path, *args, timeout:int=600):
+def run_script(path:Path, *args, timeout:int=600, env:dict|None=None):
     "Runs `python path *args` in a new interpreter (its own hash seed, its own imports); fails with its stderr"
     r = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+                       env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})})
     assert r.returncode == 0, f'{path.name} {args} failed:\n{r.stderr[-5000:]}'

@@ -70,6 +70,11 @@ def test_extra_draw_at_batch_5(new_dls):
     fd = c.first_divergence
     assert c.causes == ['rng'] and (fd.fit, fd.epoch, fd.phase, fd.iter) == (0, 0, 'train', 5)
     assert fd.components[0] == 'rng_torch_step' and 'out of order' in c.fixes['rng']
+    # every batch draws from its own key: the batches after the last training batch (5), those of the validation,
+    # drew exactly what they drew without the extra draw (before batches were keyed, torch's stream stayed shifted)
+    rng = [k for k in a.columns if k.startswith('rng_')]
+    after = lambda r: r.batches.query("phase == 'valid'")[rng].reset_index(drop=True)
+    assert len(after(a)) > 0 and after(a).equals(after(b))
 
 def cropped(digits):
     "The digits' `DataLoaders` with another crop than `new_dls`'s (`min_scale=0.5`)"

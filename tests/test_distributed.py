@@ -1,6 +1,7 @@
 """Issue 6: distributed training with fastai's `learn.distrib_ctx()` (Accelerate), 2 processes on the CPU with gloo,
 launched by torchrun. Two runs with the callback are bit-identical rank by rank, each rank keeps its own record;
-two runs without it differ; ranks that start from different weights are refused with a clear error."""
+two runs without it differ; ranks that start from different weights are refused with a clear error. Issue 14:
+with `per_rank=True` the ranks draw different dropout masks, and runs stay bit-identical."""
 import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
@@ -64,3 +65,18 @@ def test_ranks_with_different_initial_weights_are_refused(digits, tmp_path):
     for rank in (0, 1):
         msg = (tmp_path/'skewed'/f'error-rank{rank}.txt').read_text()
         assert 'ranks start fit 0 from different weights' in msg and 'ReproducibleCallback(21)' in msg
+
+def test_per_rank_streams(runs):
+    "Without per_rank every rank draws the same dropout masks; with it, each its own, and two runs still match"
+    a, b = ([torch.load(runs/r/f'per-rank-rank{rank}.pth', weights_only=True) for rank in (0, 1)] for r in 'ab')
+    assert len(a[0]['shared']) == len(a[0]['per_rank']) > 0
+    assert a[0]['shared'] == a[1]['shared'] # one stream for both ranks: the masks are the same
+    assert not set(a[0]['per_rank']) & set(a[1]['per_rank']) # a stream for each rank: no mask in common
+    for x, y in zip(a, b):
+        assert x['per_rank'] == y['per_rank'] and all(torch.equal(x['weights'][k], y['weights'][k]) for k in x['weights'])
+        rx, ry = RunRecord.from_bytes(x['record']), RunRecord.from_bytes(y['record'])
+        assert compare(rx, ry).same
+        mode = [c['settings'] for c in rx.fits[0]['callbacks'] if c['name'].endswith('ReproducibleCallback')]
+        assert mode == [{'deterministic': True, 'isolate_data': True, 'per_rank': True}]
+    shared = records(runs/'a')[0].fits[0]['callbacks'][0]['settings']
+    assert shared['per_rank'] is False

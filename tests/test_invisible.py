@@ -116,9 +116,14 @@ class StopAfter(Hidden):
         if StopAfter.on and self.training and self.learn.iter == 2: raise CancelFitException()
 
 class ExtraDraw(Hidden):
-    "Draws from torch's generator after each batch: an accidental difference"
-    def after_batch(self):
+    "Draws from torch's generator during each batch, after the forward pass: an accidental difference"
+    def after_pred(self):
         if ExtraDraw.on: torch.rand(1)
+
+class DrawBetween(Hidden):
+    "Draws from torch's generator after each batch has ended: every batch is seeded from its key, so nothing changes"
+    def after_batch(self):
+        if DrawBetween.on: torch.rand(1)
 
 def test_stop_between_batches_compares_the_finished_ones():
     synth = lambda: synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), ExtraDraw(), StopAfter()])
@@ -129,8 +134,16 @@ def test_stop_between_batches_compares_the_finished_ones():
     full = quiet_fit(synth())
     with switched(ExtraDraw): noisy = quiet_fit(synth())
     assert compare(full.reproducible.record, stopped.reproducible.record).causes == ['interrupted']
-    c = compare(noisy.reproducible.record, stopped.reproducible.record) # differs from batch 1 on: still seen
-    assert c.causes == ['rng', 'interrupted'] and c.first_divergence.iter == 1, c.report()
+    c = compare(noisy.reproducible.record, stopped.reproducible.record) # differs from batch 0 on: still seen
+    assert c.causes == ['rng', 'interrupted'] and c.first_divergence.iter == 0, c.report()
+
+def test_a_draw_between_batches_changes_nothing():
+    "Each batch draws from its own key: a draw after a batch has ended reaches no later batch, and no cause is named"
+    synth = lambda: synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), DrawBetween()])
+    quiet = quiet_fit(synth())
+    with switched(DrawBetween): drawn = quiet_fit(synth())
+    assert weights_equal(quiet.model, drawn.model)
+    assert compare(quiet.reproducible.record, drawn.reproducible.record).same
 
 def test_batch_cancelled_after_its_loss_keeps_it():
     "`GradientAccumulation` cancels every batch but one after the loss: the rows keep their own losses"

@@ -39,6 +39,8 @@ def loaders(workers:int, persistent:bool) -> DataLoaders:
 def main(method, workers, persistent, callback, out, epochs=2):
     "Train with `workers` workers started by `method`, with `ReproducibleCallback(21)` or not; save what was seen"
     torch.multiprocessing.set_start_method(method, force=True)
+    # forkserver workers fork from a server that imported these once (as a user would set it up), not each on its own
+    if method == 'forkserver': torch.multiprocessing.set_forkserver_preload(['fastai_repro.all', 'workers_job'])
     torch.manual_seed(0)
     dls = loaders(workers, persistent)
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2))
