@@ -5,21 +5,26 @@ Three scenarios: `fp32`; `fp16` (fastai's `learn.to_fp16()`, mixed precision wit
 (every state_dict tensor, torch.equal) and their batch records equal row for row; two runs without it must differ.
 Every warning the runs raise is kept and reported (`warnings` in the output), not silenced.
 Then the overhead of the `fp32` fit with and without the callback (recording every batch), interleaved, median ratio.
+Issue 14: `resume` (an `fp32` fit that crashes at training batch 5, with a checkpoint every 2 batches, goes on from
+its last checkpoint in this process and must end bit-identical to the fit that never crashed, record included) and
+the time to seed one batch from its key with every generator of the device started.
 On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
 tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
     python bench/gpu_check.py [--pairs 5] [--n IMAGES] [--scenarios fp32 fp16 workers] [--out DIR]
 """
-import argparse, json, os, platform, statistics, time, warnings
+import argparse, json, os, platform, statistics, tempfile, time, timeit, warnings
 import torch, fastai
 import fastai.callback.schedule  # noqa: F401  (fit_one_cycle)
+from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorCategory, TensorImage
 from fastai.vision.augment import aug_transforms
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet34
-from fastai_repro.all import ReproducibleCallback, weights_equal
+from fastai_repro.all import ReproducibleCallback, compare, weights_equal
+from fastai_repro.seeding import batch_seed, model_generators, seed_batch
 
 def synthetic(n, size, seed):
     "Random images and labels from a private generator: the global generators are not touched"
@@ -34,10 +39,10 @@ def make_dls(n, size, bs, device, workers=0):
 
 SCENARIOS = {'fp32': dict(fp16=False, workers=0), 'fp16': dict(fp16=True, workers=0), 'workers': dict(fp16=False, workers=2)}
 
-def run(cfg, callback, scenario='fp32'):
-    "One fit_one_cycle(1); returns the learner and the seconds it took"
+def run(cfg, callback, scenario='fp32', extra=(), **cb_kw):
+    "One fit_one_cycle(1), with the callback (`cb_kw` its settings) and the callbacks `extra`; the learner, the seconds"
     sc = SCENARIOS[scenario]
-    cbs = [ReproducibleCallback(21)] if callback else []
+    cbs = ([ReproducibleCallback(21, **cb_kw)] if callback else []) + list(extra)
     dls = make_dls(cfg['n'], cfg['size'], cfg['bs'], cfg['device'], sc['workers'])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -53,6 +58,27 @@ def run(cfg, callback, scenario='fp32'):
     return learn, secs
 
 WARNINGS = {}  # every warning the runs raised (message -> where), reported, not hidden
+
+class Crash(Callback):
+    "Raises as training batch 5 begins, while `Crash.on`: a switch, not a setting"
+    on = False
+    def before_batch(self):
+        if Crash.on and self.training and self.iter == 5: raise RuntimeError('crashed at batch 5')
+
+def resume_check(cfg) -> dict:
+    "A fit that crashed at batch 5 goes on from its last checkpoint and ends as the fit that did not crash"
+    full, _ = run(cfg, True, extra=[Crash()], compare_previous=False)
+    folder = tempfile.mkdtemp()
+    Crash.on = True
+    try: run(cfg, True, extra=[Crash()], checkpoint_every=2, checkpoint_dir=folder)
+    except RuntimeError as e: assert 'crashed at batch 5' in str(e)
+    finally: Crash.on = False
+    resumed, _ = run(cfg, True, extra=[Crash()], resume_from=folder)
+    gens = model_generators()
+    us = min(timeit.repeat(lambda: seed_batch(batch_seed(12345, 7), gens), number=2000, repeat=5)) / 2000 * 1e6
+    return dict(resumed_bit_identical=weights_equal(full.model, resumed.model),
+                resumed_records_same=compare(full.reproducible.record, resumed.reproducible.record).same,
+                seed_batch_us=us, generators_seeded=len(gens))
 
 def main():
     ap = argparse.ArgumentParser()
@@ -76,6 +102,9 @@ def main():
                              without_callback_differ=not weights_equal(c.model, d.model))
         ok = ok and all(r[k] for k in ('with_callback_bit_identical', 'with_callback_records_equal', 'without_callback_differ'))
         print(name, json.dumps(r), flush=True)
+    r = res['resume'] = resume_check(cfg)
+    ok = ok and r['resumed_bit_identical'] and r['resumed_records_same']
+    print('resume', json.dumps(r), flush=True)
     ratios, secs = [], []
     for i in range(args.pairs):
         order = (True, False) if i % 2 else (False, True)

@@ -14,7 +14,7 @@ from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
-    finalize, distributed, model_generators, batch_seed, seed_batch, _unwrap)
+    finalize, distributed, model_generators, batch_seed, seed_batch, MASK32, _unwrap)
 from .keyed_data import isolate_loader, give_back, release_loader
 from .compare import INTENDED, compare
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
@@ -218,6 +218,7 @@ class ReproducibleCallback(Callback):
             if not sc.resumed and not (self._resume and self._resume.start(sc.idx)): self._guard(self._start_facts, sc)
             self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
+            if self._ckpt is not None: self._check_checkpoints()
 
     def before_epoch(self):
         "Each epoch of a training fit starts from (seed, fit, epoch) alone: so a run resumed at this epoch matches"
@@ -242,6 +243,8 @@ class ReproducibleCallback(Callback):
         if sc.resumed and not sc.restored: self._restore(sc) # the checkpoint came after the epoch's last batch
         elif self._ckpt and sc.facts is not None and sc.done and sc.at == (self.epoch, True, self.n_iter - 1):
             self._checkpoint(sc, self.n_iter)
+        if sc.bases is not None: # what callbacks draw between training and validation: keyed too (a resumed run skips
+            seed_batch(batch_seed(sc.bases[False], MASK32), sc.gens) # the batches before, and their draws)
 
     def after_validate(self):
         "What items made after the last batch drew (a last batch that `drop_last` drops) goes back (`give_back`)"
@@ -298,6 +301,16 @@ class ReproducibleCallback(Callback):
         if sc.idx == 0: self.record = r.record # the record so far, in which this run goes on
         resume_at(self.learn, *at)
         if sc.idx == r.fit: sc.resumed, sc.facts = True, self.record.fits[sc.idx]
+
+    def _check_checkpoints(self):
+        "Where checkpoints cannot be resumed from, warn once and write none, rather than fail the fit"
+        why = ('distributed training: every rank would write the same files' if distributed()[1] > 1 else
+               'a training loader without an index (an iterable data set)' if not getattr(self.dls.train, 'indexed', True)
+               else None)
+        if why is None: return
+        self._ckpt = None
+        self._event('no_checkpoints', f'checkpoints are not written in {why}; a run resumes here only at an epoch '
+                    f'boundary, with learn.save/learn.load and fit(start_epoch=...)')
 
     def _restore(self, sc:FitScope):
         "Put the learner in the checkpoint's state, just before the batch the run goes on with"

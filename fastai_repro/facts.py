@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
+from . import __version__
 from .seeding import determinism_flags, distributed
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
@@ -41,6 +42,7 @@ def environment() -> dict:
     import fastai, fastcore
     cuda = torch.cuda.is_available()
     return dict(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
+                fastai_repro=__version__, # 0.0.2 seeds every batch: its runs differ from 0.0.1's, by design
                 fastai=fastai.__version__, fastcore=fastcore.__version__, numpy=np.__version__,
                 cuda=torch.version.cuda if cuda else None, cudnn=torch.backends.cudnn.version() if cuda else None,
                 devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ['cpu'],

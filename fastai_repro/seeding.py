@@ -137,9 +137,10 @@ def keyed_rng(seed:int, device=None, restore:bool=True):
 MASK32 = 0xFFFFFFFF
 
 def model_generators() -> list:
-    "torch's generators a batch draws from: the CPU's and, once CUDA has started, each CUDA device's (never starts it)"
+    "torch's generators a batch draws from: the CPU's, each started CUDA device's (never starts CUDA), and MPS's"
     gens = [torch.default_generator]
     if torch.cuda.is_available() and torch.cuda.is_initialized(): gens += list(torch.cuda.default_generators)
+    if _mps(): gens.append(torch.mps) # no generator object: `torch.mps.manual_seed` seeds it
     return gens
 
 def batch_seed(base:int, i:int) -> int:

@@ -1,11 +1,18 @@
 """Issue 14: a run killed in the middle of an epoch goes on from its last checkpoint, in a new process, and ends
 bit-identical to the run that was never stopped; checkpoints from another run are refused."""
 import os, random, shutil, signal
+from functools import partial
 from pathlib import Path
 import pytest, torch
 from fastai.callback.core import Callback
-from fastai.test_utils import synth_learner
-from fastai_repro.all import ReproducibleCallback, RunRecord, RecordError, compare, weights_equal
+from fastai.callback.training import GradientAccumulation
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.learner import Learner
+from fastai.losses import MSELossFlat
+from fastai.optimizer import SGD, OptimWrapper, ranger
+from fastai.test_utils import RegModel, synth_dbunch, synth_learner
+from fastai.torch_core import TensorBase
+from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, RunRecord, RecordError, compare, weights_equal
 from fastai_repro.checkpoint import checkpoints
 from helpers import in_new_processes, run_script
 import ckpt_job
@@ -64,22 +71,38 @@ def fit_synth(cb, n_epoch=2, **kw):
     return learn
 
 class Crash(Callback):
-    "Raises as training batch 4 of epoch 1 begins, while `Crash.on`: a switch, not a setting"
+    "Raises as training batch 6 of epoch 1 begins, while `Crash.on`: a switch, not a setting"
     on = False
     def before_batch(self):
-        if Crash.on and self.training and (self.epoch, self.iter) == (1, 4): raise RuntimeError('out of memory')
+        if Crash.on and self.training and (self.epoch, self.iter) == (1, 6): raise RuntimeError('out of memory')
 
-def test_resume_in_one_process_with_or_without_a_progress_bar(tmp_path):
-    "A synthetic fit that crashed goes on from its checkpoint; the progress bar of the first run may be gone"
-    full = fit_synth([ReproducibleCallback(21, compare_previous=False), Crash()])
-    learn = synth_learner(n_trn=10, cbs=[ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path), Crash()])
+SETUPS = { # what else the learner has: callbacks with state, optimizers with a state dict of their own
+    'plain': lambda: {}, 'accumulating': lambda: dict(cbs=[GradientAccumulation(n_acc=32)]), # a step every 2 batches
+    'torch_adam': lambda: dict(opt_func=partial(OptimWrapper, opt=torch.optim.Adam)), 'ranger': lambda: dict(opt_func=ranger)}
+
+@pytest.mark.parametrize('setup', list(SETUPS))
+def test_resume_in_one_process(tmp_path, setup):
+    """A synthetic fit that crashed goes on from its last checkpoint (before batch 5 of epoch 1, between two steps of
+    `GradientAccumulation`) and ends as the fit that did not crash; the crashed run had a progress bar, the others not"""
+    def learner(cb):
+        kw = {'opt_func': partial(SGD, mom=0.9), **SETUPS[setup]()} # synth_learner's optimizer unless another
+        return Learner(synth_dbunch(n_train=10), RegModel(), loss_func=MSELossFlat(), lr=1e-3,
+                       **{**kw, 'cbs': [cb, Crash()] + kw.get('cbs', [])})
+    def fit(learn):
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2)
+        return learn
+    full = fit(learner(ReproducibleCallback(21, compare_previous=False)))
+    crashed = learner(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path))
     Crash.on = True
     try:
-        with learn.no_logging(), pytest.raises(RuntimeError, match='out of memory'): learn.fit_one_cycle(2) # with its bar
+        with crashed.no_logging(), pytest.raises(RuntimeError, match='out of memory'): crashed.fit_one_cycle(2)
     finally: Crash.on = False
-    assert [p.name for p in checkpoints(tmp_path)][-1] == 'fit000-epoch0001-batch000002.ckpt'
-    resumed = fit_synth([ReproducibleCallback(21, resume_from=tmp_path), Crash()])
-    assert weights_equal(full.model, resumed.model) and full.recorder.values == resumed.recorder.values
+    assert [p.name for p in checkpoints(tmp_path)][-1] == 'fit000-epoch0001-batch000005.ckpt'
+    resumed = fit(learner(ReproducibleCallback(21, resume_from=tmp_path)))
+    assert weights_equal(full.model, resumed.model)
+    a, b = full.recorder, resumed.recorder
+    assert a.values == b.values and a.hps == b.hps and a.lrs == b.lrs and a.iters == b.iters
+    assert torch.equal(torch.stack(a.losses), torch.stack(b.losses))
     assert compare(full.reproducible.record, resumed.reproducible.record).same
 
 def test_checkpoints_kept_and_atomic(tmp_path):
@@ -111,3 +134,16 @@ def test_bad_checkpoint_settings_are_refused_at_once(tmp_path):
         ReproducibleCallback(21, checkpoint_dir=tmp_path, isolate_data=False)
     with pytest.raises(ValueError, match='does not exist'): ReproducibleCallback(21, resume_from=tmp_path/'nothing')
     with pytest.raises(ValueError, match='no checkpoint in this folder'): ReproducibleCallback(21, resume_from=tmp_path)
+
+class Stream(torch.utils.data.IterableDataset):
+    "32 zeros and their zero targets, one after the other: a data set without an index"
+    def __iter__(self): return ((TensorBase(torch.zeros(1)), TensorBase(torch.zeros(1))) for _ in range(32))
+
+def test_no_checkpoint_that_could_not_be_resumed(tmp_path):
+    "With an iterable data set, a resume would have to make the batches before: the callback says so and writes none"
+    dls = DataLoaders(TfmdDL(Stream(), bs=8, n=32), TfmdDL(Stream(), bs=8, n=32)) # `n`: fastai trains on a length
+    learn = Learner(dls, torch.nn.Linear(1, 1), loss_func=MSELossFlat(),
+                    cbs=ReproducibleCallback(21, checkpoint_every=1, checkpoint_dir=tmp_path))
+    with pytest.warns(ReproducibilityWarning, match='not written in a training loader without an index'):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    assert not checkpoints(tmp_path) and len(learn.recorder.values) == 1 # the fit ran
