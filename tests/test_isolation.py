@@ -1,14 +1,13 @@
 """Tweak isolation and exact resume: with ReproducibleCallback every batch depends on (seed, fit, epoch, index) and
 the data pipeline only, and a run resumed from a checkpoint in another process ends bit-identical."""
 import shutil
-from pathlib import Path
 import pytest, torch
 from torch import nn
 from fastai.callback.mixup import MixUp
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import ReproducibleCallback, compare
-from helpers import in_new_processes, run_script
+from helpers import in_new_processes
 import resume_job
 
 def model(dropout=False):
@@ -49,13 +48,12 @@ def test_learning_rates_keep_the_data(new_dls):
     assert a.fits[0]['final_weights'] != b.fits[0]['final_weights']
 
 def jobs(folder, prefix:str) -> dict:
-    """The full run, the first epoch and the resumed rest, each in a new process, with the callback and without; the
-    resumed run with the callback in a new interpreter, as a user resumes"""
+    """The full run, the first epoch and the resumed rest, each in a new process, with the callback and without (a
+    resume in a new interpreter, its own hash seed, is in `test_resume_anywhere.py::test_killed_at_a_random_batch`)"""
     modes = [(f'{prefix}{m}', cb) for m in ('full', 'first', 'resume') for cb in (True, False)]
     for cb in (True, False): shutil.copytree(folder/'digits', folder/str(cb)/'digits')
     in_new_processes(*[(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes[:4]]) # full and first
-    in_new_processes((resume_job.main, f'{prefix}resume', str(folder/'False'), False)) # from the checkpoint saved
-    run_script(Path(resume_job.__file__), f'{prefix}resume', folder/'True', 1)
+    in_new_processes(*[(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes[4:]]) # from the checkpoints
     return {(m.removeprefix(prefix), cb): torch.load(folder/str(cb)/f'{m}.pth') for m, cb in modes}
 
 def equal(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
