@@ -230,7 +230,7 @@ class ReproducibleCallback(Callback):
         sc.bases = {t: derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch, t, *rank) for t in (True, False)}
         sc.gens = model_generators()
         if not self.isolate_data: return
-        skip = sc.resumed and not sc.restored and self._resume.epoch == self.epoch and self._resume.batch
+        skip = int(sc.resumed and not sc.restored and self._resume.epoch == self.epoch and self._resume.batch)
         for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
             isolate_loader(dl, (self.seed, sc.idx, self.epoch, i), skip if _unwrap(dl) is _unwrap(self.dls.train) else 0)
             if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)

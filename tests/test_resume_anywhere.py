@@ -1,6 +1,6 @@
 """Issue 14: a run killed in the middle of an epoch goes on from its last checkpoint, in a new process, and ends
 bit-identical to the run that was never stopped; checkpoints from another run are refused."""
-import os, random, shutil, signal
+import os, random, shutil, signal, warnings
 from functools import partial
 from pathlib import Path
 import pytest, torch
@@ -12,10 +12,11 @@ from fastai.losses import MSELossFlat
 from fastai.optimizer import SGD, OptimWrapper, ranger
 from fastai.test_utils import RegModel, synth_dbunch, synth_learner
 from fastai.torch_core import TensorBase
-from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, RunRecord, RecordError, compare, weights_equal
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, RunRecord, RecordError, compare, isolate_loader,
+                              weights_equal)
 from fastai_repro.checkpoint import checkpoints
 from helpers import in_new_processes, run_script
-import ckpt_job
+import ckpt_job, workers_job
 
 KILLED = -signal.SIGKILL
 
@@ -147,3 +148,21 @@ def test_no_checkpoint_that_could_not_be_resumed(tmp_path):
     with pytest.warns(ReproducibilityWarning, match='not written in a training loader without an index'):
         with learn.no_bar(), learn.no_logging(): learn.fit(1)
     assert not checkpoints(tmp_path) and len(learn.recorder.values) == 1 # the fit ran
+
+def test_each_epoch_keyed_from_batch_0():
+    "The callback keys an epoch's batches 0, 1, ... as `isolate_loader(dl, (seed, fit, epoch, 0))` does: batch 0 too"
+    seen = []
+    class First(Callback):
+        "Keeps the inputs of each epoch's first training batch"
+        def before_batch(self):
+            if self.training and self.iter == 0: seen.append(self.xb[0].clone())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', ReproducibilityWarning) # the model is built before the callback: no matter here
+        learn = Learner(workers_job.loaders(0, False), torch.nn.Linear(4, 2), loss_func=torch.nn.CrossEntropyLoss(),
+                        cbs=[ReproducibleCallback(21, compare_previous=False), First()])
+    with learn.no_bar(), learn.no_logging(): learn.fit(2)
+    assert len(seen) == 2
+    for epoch, got in enumerate(seen):
+        dl = workers_job.loaders(0, False).train # random item and batch transforms
+        isolate_loader(dl, (21, 0, epoch, 0))
+        assert torch.equal(next(iter(dl))[0], got), f'epoch {epoch}'
