@@ -5,16 +5,18 @@
 # %% auto #0
 __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
            'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'LoaderKeys', 'isolate_loader', 'give_back',
-           'release_loader', 'loader_keys', 'determinism_flags', 'lock_determinism', 'set_determinism_flags',
-           'distributed', 'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest',
-           'weights_equal', 'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'fit_facts',
-           'compare', 'Comparison', 'Divergence', 'plot_divergence', 'ReproducibleCallback', 'checkpoints',
-           'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']
+           'release_loader', 'loader_keys', 'PORTABLE_ENV', 'portable_kernels', 'kernel_mode', 'kernel_facts',
+           'kernels_late', 'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed', 'RunRecord',
+           'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
+           'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence',
+           'plot_divergence', 'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'make_digits_folder',
+           'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
     seed_generators, get_rng_state, set_rng_state, isolate_rng, keyed_rng, determinism_flags, lock_determinism,
     set_determinism_flags, distributed)
+from .determinism import PORTABLE_ENV, portable_kernels, kernel_mode, kernel_facts, kernels_late
 from .keyed_data import LoaderKeys, isolate_loader, give_back, release_loader, loader_keys
 from .digests import (tensor_digest, tensors_digest, weights_digest, weights_equal, arch_digest,
     generator_fingerprints)
@@ -29,6 +31,7 @@ from .data import make_digits_folder, digits_dls, is_upper
 _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive_seed', 'draw_seed', 'seed_generators',
          'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'LoaderKeys', 'isolate_loader', 'give_back',
          'release_loader', 'loader_keys',
+         'PORTABLE_ENV', 'portable_kernels', 'kernel_mode', 'kernel_facts', 'kernels_late',
          'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
          'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',

@@ -16,6 +16,7 @@ from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, 
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
     finalize, distributed, model_generators, batch_seed, seed_batch, MASK32, _unwrap)
 from .keyed_data import isolate_loader, give_back, release_loader
+from .determinism import kernel_mode, kernels_late
 from .compare import INTENDED, compare
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
@@ -35,6 +36,10 @@ def fit_kind(learn:Learner) -> str|None:
     if not kinds: return None # events fired by hand: the callback stays out of them
     if kinds[-1] != 'fit': return 'inference' # `get_preds`, `predict`, `tta`, `summary`, `with learn:`...
     return 'lr_find' if 'lr_find' in kinds or hasattr(learn, 'lr_finder') else 'train'
+
+def _loop(learn:Learner, name:str, default=None):
+    "`learn`'s own loop attribute `name` (`iter`, `epoch`, `n_iter`, `training`...), `default` where fastai set none"
+    return learn.__dict__.get(name, default) # not `learn.iter`: `Learner` is a `GetAttr` that falls back to the model
 
 # %% ../nbs/03_callback.ipynb #d66a5212
 _open_scopes:list = [] # every `FitScope` whose fit has not ended, oldest first
@@ -203,6 +208,9 @@ class ReproducibleCallback(Callback):
                 self._state['cublas_warned'] = True
                 self._event('cublas_late', f'CUDA started before {CUBLAS_ENV} was set, so cuBLAS may not use it; set '
                             f'{CUBLAS_ENV}=:4096:8 in the environment before the first GPU operation')
+        if kind == 'train' and kernel_mode() == 'portable' and not self._state.get('kernels_checked'):
+            self._state['kernels_checked'] = True # portable mode asked for, once: did it come in time?
+            for msg in kernels_late(): self._event('kernels_late', msg)
         if kind != 'train': sc.rng = get_rng_state(self.dls)
         if kind == 'lr_find':
             sc.grads = [p for p in self.model.parameters() if p.grad is None]
@@ -222,17 +230,17 @@ class ReproducibleCallback(Callback):
 
     def before_epoch(self):
         "Each epoch of a training fit starts from (seed, fit, epoch) alone: so a run resumed at this epoch matches"
-        sc = self._scope()
-        if not sc or sc.kind != 'train': return
+        sc, epoch = self._scope(), _loop(self.learn, 'epoch')
+        if not sc or sc.kind != 'train' or epoch is None: return # `epoch` unset: fired by hand, before any epoch
         for dl in sc.isolated: give_back(dl) # first: what the loaders' items still hold would undo the seeding
-        seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch), self.dls)
+        seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', epoch), self.dls)
         rank = ('rank', distributed()[0]) if self.per_rank else ()
-        sc.bases = {t: derive_seed(self.seed, 'train', sc.idx, 'epoch', self.epoch, t, *rank) for t in (True, False)}
+        sc.bases = {t: derive_seed(self.seed, 'train', sc.idx, 'epoch', epoch, t, *rank) for t in (True, False)}
         sc.gens = model_generators()
         if not self.isolate_data: return
-        skip = int(sc.resumed and not sc.restored and self._resume.epoch == self.epoch and self._resume.batch)
+        skip = int(sc.resumed and not sc.restored and self._resume.epoch == epoch and self._resume.batch)
         for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
-            isolate_loader(dl, (self.seed, sc.idx, self.epoch, i), skip if _unwrap(dl) is _unwrap(self.dls.train) else 0)
+            isolate_loader(dl, (self.seed, sc.idx, epoch, i), skip if _unwrap(dl) is _unwrap(self.dls.train) else 0)
             if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)
 
     def after_train(self):
@@ -240,9 +248,11 @@ class ReproducibleCallback(Callback):
         sc = self._scope()
         if not sc: return
         for dl in sc.isolated: give_back(dl)
+        n = _loop(self.learn, 'n_iter')
+        last = None if n is None else (_loop(self.learn, 'epoch'), True, n - 1) # the epoch's last training batch
         if sc.resumed and not sc.restored: self._restore(sc) # the checkpoint came after the epoch's last batch
-        elif self._ckpt and sc.facts is not None and sc.done and sc.at == (self.epoch, True, self.n_iter - 1):
-            self._checkpoint(sc, self.n_iter)
+        elif self._ckpt and sc.facts is not None and sc.done and last is not None and sc.at == last:
+            self._checkpoint(sc, n)
         if sc.bases is not None: # what callbacks draw between training and validation: keyed too (a resumed run skips
             seed_batch(batch_seed(sc.bases[False], MASK32), sc.gens) # the batches before, and their draws)
 
@@ -252,16 +262,19 @@ class ReproducibleCallback(Callback):
         for dl in sc.isolated if sc else (): give_back(dl)
 
     def before_batch(self):
-        sc = self._scope()
-        if not sc: return
-        learn = self.learn
-        if sc.bases is not None: # a training fit: restore or checkpoint before this batch, then key its draws
-            if not learn.training: pass
+        "In a training fit's batch loop: restore or checkpoint, key the batch's draws, start its row; else nothing"
+        sc, learn = self._scope(), self.learn
+        if not sc or sc.kind != 'train': return # an isolated fit keeps no batch; `with learn:` may fire one by hand
+        at = tuple(_loop(learn, k) for k in ('epoch', 'training', 'iter'))
+        if None in at: return # no batch loop under way: fired by hand before fastai set `iter`
+        epoch, training, it = at
+        if sc.bases is not None: # the epoch began: restore or checkpoint before this batch, then key its draws
+            if not training: pass
             elif sc.resumed and not sc.restored: self._restore(sc)
-            elif self._ckpt and sc.facts is not None and self._ckpt.due(learn): self._checkpoint(sc, learn.iter)
-            seed_batch(batch_seed(sc.bases[learn.training], learn.iter), sc.gens)
-        sc.at,sc.done,sc.prev_loss = (learn.epoch, learn.training, learn.iter),False,learn.loss
-        if sc.facts is not None and self.every and learn.iter % self.every == 0: self._guard(self._start_row, sc)
+            elif self._ckpt and sc.facts is not None and self._ckpt.due(learn): self._checkpoint(sc, it)
+            seed_batch(batch_seed(sc.bases[training], it), sc.gens)
+        sc.at,sc.done,sc.prev_loss = at,False,_loop(learn, 'loss')
+        if sc.facts is not None and self.every and it % self.every == 0: self._guard(self._start_row, sc)
 
     def after_cancel_batch(self):
         "A callback cancelled this batch (`CancelBatchException`): its row says so, and keeps no other batch's loss"
@@ -317,7 +330,7 @@ class ReproducibleCallback(Callback):
         self._resume.restore(self.learn)
         sc.restored = True
         self.record.events.append(dict(event='resumed', before_fit=sc.idx, path=str(self._resume.path),
-                                       epoch=self.epoch, iter=self._resume.batch))
+                                       epoch=_loop(self.learn, 'epoch'), iter=self._resume.batch))
 
     def _checkpoint(self, sc:FitScope, batch:int):
         "Write the checkpoint from which this fit goes on with training batch `batch` of the epoch; a failure warns"
@@ -365,13 +378,14 @@ def _check_ranks(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):
-    sc.row = dict(fit=sc.idx, epoch=self.epoch, phase='train' if self.training else 'valid', iter=self.iter,
+    epoch, training, it = sc.at # the batch `before_batch` just began
+    sc.row = dict(fit=sc.idx, epoch=epoch, phase='train' if training else 'valid', iter=it,
                   **generator_fingerprints(self.dls), inputs=tensors_digest(self.xb), targets=tensors_digest(self.yb))
     sc.rows.append(sc.row)
 
 @patch
 def _end_row(self:ReproducibleCallback, sc:FitScope):
-    loss = self.learn.loss
+    loss = _loop(self.learn, 'loss')
     if sc.row.get('cancelled') and loss is sc.prev_loss: loss = None # cancelled before its loss: the last batch's
     sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())
     sc.row = None

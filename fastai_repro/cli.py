@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from .runrecord import RecordError
 from .compare import compare
+from .determinism import portable_kernels
 
 # %% auto #0
 __all__ = ['EpochTable', 'demo_run', 'demo', 'diff', 'check_notebooks', 'main']
@@ -96,18 +97,20 @@ def diff(a, b) -> int:
     return 0 if c.same else 1
 
 # %% ../nbs/05_cli.ipynb #7b1c2d3e
-def check_notebooks(paths, update:bool=False, n_workers:int=1, timeout:int=600) -> int:
-    "Print what `nbcheck` finds in the notebooks of `paths`; exit code 0 all match, 1 some differ, 2 an error"
-    from fastai_repro.nbcheck import nbcheck, report
+def check_notebooks(paths, update:bool=False, n_workers:int=1, timeout:int=600, native:bool=False,
+                    rtol:float|None=None) -> int:
+    "Print what `nbcheck` finds in `paths`; exit 0 all match, 1 some differ, 2 an error, 3 could not be checked here"
+    from fastai_repro.nbcheck import nbcheck, report, worst
     missing = [p for p in paths if not Path(p).exists()]
     bad = (f'--n-workers must be at least 1, got {n_workers}' if n_workers < 1 else
+           f'--rtol must be a number >= 0, got {rtol}' if rtol is not None and not rtol >= 0 else
            f'no such notebook or folder: {missing[0]}' if missing else None)
-    results = [] if bad else nbcheck(paths, update, n_workers, timeout)
+    results = [] if bad else nbcheck(paths, update, n_workers, timeout, native, rtol)
     if bad or not results:
         print(f"fastai-repro nbcheck: {bad or 'no notebook found'}", file=sys.stderr)
         return 2
     for r in results: print(report(r))
-    return max(r.status for r in results)
+    return worst(r.status for r in results)
 
 # %% ../nbs/05_cli.ipynb #f9e2359e
 def _parser() -> argparse.ArgumentParser:
@@ -119,14 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument('--arch', default='resnet18', help='a torchvision model name known to fastai (resnet18, resnet34, ...)')
     d.add_argument('--data', default=None, help='a pets-style image folder (default: the digits, written to a temp folder)')
     d.add_argument('--size', type=int, default=32, help='image size in pixels')
+    d.add_argument('--native', action='store_true', help="the CPU's own kernels (default: portable, the AVX2 baseline)")
     f = sub.add_parser('diff', help='why two saved run records differ (exit 0 same, 1 differ, 2 bad input)')
     f.add_argument('a'); f.add_argument('b')
     n = sub.add_parser('nbcheck', help="execute notebooks and compare their outputs with the saved ones (exit 0 same, 1 "
-                       "differ, 2 error)")
+                       "differ, 2 error, 3 could not be checked here)")
     n.add_argument('paths', nargs='+', help='notebooks, or folders to search for them')
     n.add_argument('--update', action='store_true', help='write the new outputs into the notebooks that differ')
     n.add_argument('--n-workers', type=int, default=1, help='notebooks executed at a time, each in its own kernel')
     n.add_argument('--timeout', type=int, default=600, help="seconds a cell may run")
+    n.add_argument('--native', action='store_true', help="the CPU's own kernels (default: portable, the AVX2 baseline)")
+    n.add_argument('--rtol', type=float, default=None,
+                   help='where equal bits are impossible (saved in another environment), compare numbers within it')
     return p
 
 def main(argv=None) -> int:
@@ -134,7 +141,9 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.cmd == 'diff': return diff(args.a, args.b)
-    if args.cmd == 'nbcheck': return check_notebooks(args.paths, args.update, args.n_workers, args.timeout)
+    if args.cmd == 'nbcheck':
+        return check_notebooks(args.paths, args.update, args.n_workers, args.timeout, args.native, args.rtol)
+    if not args.native: portable_kernels() # first: the same numbers as the README's on every x86-64 CPU
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here
     from fastai.vision import models
     from fastai_repro.seeding import check_seed

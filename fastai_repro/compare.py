@@ -14,9 +14,10 @@ __all__ = ['FACTS', 'OBSERVERS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Div
            'first_divergence', 'Comparison', 'interruption', 'compare', 'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
-_ENV_PARTS = ('threads', 'flags', 'precision') # compared apart from the rest of the environment
+_ENV_PARTS = ('kernels', 'threads', 'flags', 'precision') # compared apart from the rest of the environment
 FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the rest), most fundamental first
-    'env': ('env', None), 'threads': ('env', ('threads',)), 'flags': ('env', ('flags', 'precision')),
+    'env': ('env', None), 'kernels': ('env', ('kernels',)), 'threads': ('env', ('threads',)),
+    'flags': ('env', ('flags', 'precision')),
     'seed': ('fit', ('seed', 'fit_seed')), 'items': ('fit', ('items',)), 'split': ('fit', ('split',)),
     'dataloader': ('fit', ('dataloaders',)), 'architecture': ('fit', ('architecture',)),
     'init_weights': ('fit', ('init_weights',)), 'optimizer': ('fit', ('optimizer',)),
@@ -89,7 +90,7 @@ def _named_diffs(a:list, b:list, path:str) -> list:
 
 def _describe(comp, i, va, vb, most:int=4) -> str:
     ds = json_diffs(va, vb)
-    where = '' if comp in ('env', 'threads', 'flags') else f'fit {i}: '
+    where = '' if comp in ('env', 'kernels', 'threads', 'flags') else f'fit {i}: '
     return where + '; '.join(ds[:most]) + (f'; and {len(ds) - most} more' if len(ds) > most else '')
 
 # %% ../nbs/02_compare.ipynb #eefd93c0
@@ -134,8 +135,13 @@ def first_divergence(a:RunRecord, b:RunRecord, diffs=None) -> Divergence|None:
 INTENDED = ('architecture', 'optimizer', 'loss_func', 'callbacks', 'hyperparameters')
 FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by `compare`
   'empty': '{detail}: nothing to compare; record a training fit with ReproducibleCallback, or check the file name',
-  'env': 'the environments differ ({detail}): bit-equality is not expected across versions, devices or CPU kinds; '
+  'env': 'the environments differ ({detail}): bit-equality is not expected across versions, devices or CPU kinds '
+         '(on x86-64 CPUs from AVX2 up, portable mode gives the same bits: fastai_repro.portable_kernels()); '
          'compare runs made with the same versions on the same kind of machine',
+  'kernels': 'the CPU kernels differ ({detail}): portable and native mode, or native kernels of CPUs with other '
+             'instruction sets (AVX2, AVX-512), compute float sums in another order; run both in portable mode: call '
+             'fastai_repro.portable_kernels() before the model is built, or set ONEDNN_MAX_CPU_ISA=AVX2 '
+             'ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 before Python starts',
   'threads': "torch's thread counts differ ({detail}): CPU kernels split their sums by thread, so float results "
              'depend on the count; call torch.set_num_threads(n) (and set_num_interop_threads) with the same n in both '
              'runs, or set OMP_NUM_THREADS alike',
@@ -288,7 +294,8 @@ def _lone_columns(a:RunRecord, b:RunRecord, partial:bool) -> dict:
 def _causes(facts:dict, fd, a:RunRecord, b:RunRecord) -> tuple:
     "The causes of an outcome that differs, most fundamental first, and the detail of each"
     causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
-    if set(causes) & {'env', 'seed', 'architecture'}: causes = [c for c in causes if c != 'init_weights'] # downstream
+    if set(causes) & {'env', 'kernels', 'seed', 'architecture'}: # downstream: random init runs on the kernels
+        causes = [c for c in causes if c != 'init_weights']
     if 'items' in causes: causes = [c for c in causes if c != 'split'] # other items make another split
     if not causes and fd is not None:
         cause, detail = _batch_cause(fd)

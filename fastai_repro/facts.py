@@ -11,6 +11,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from . import __version__
 from .seeding import determinism_flags, distributed
+from .determinism import cpu_isa, kernel_facts
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
 # %% auto #0
@@ -20,8 +21,7 @@ __all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_
 
 # %% ../nbs/01a_facts.ipynb #7bc9ba95
 ENV_VARS = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING', # CUBLAS_WORKSPACE_CONFIG: in `flags`
-            'NVIDIA_TF32_OVERRIDE', 'MKL_CBWR', 'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA',
-            'KMP_DETERMINISTIC_REDUCTION')
+            'NVIDIA_TF32_OVERRIDE', 'KMP_DETERMINISTIC_REDUCTION') # the CPU kernels' settings: `kernel_facts`
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
 
 def thread_facts() -> dict:
@@ -41,14 +41,18 @@ def environment() -> dict:
     "Versions, devices, CPU, threads, flags and environment variables that decide whether runs can be bit-identical"
     import fastai, fastcore
     cuda = torch.cuda.is_available()
-    return dict(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
+    return dict(python=platform.python_version(), platform=_platform(), torch=torch.__version__,
                 fastai_repro=__version__, # 0.0.2 seeds every batch: its runs differ from 0.0.1's, by design
                 fastai=fastai.__version__, fastcore=fastcore.__version__, numpy=np.__version__,
                 cuda=torch.version.cuda if cuda else None, cudnn=torch.backends.cudnn.version() if cuda else None,
                 devices=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ['cpu'],
-                machine=platform.machine(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                machine=platform.machine(), cpu=cpu_isa(), kernels=kernel_facts(),
                 threads=thread_facts(), flags=determinism_flags(), precision=precision_flags(),
                 env_vars={k: os.environ.get(k) for k in ENV_VARS}, **_ranks())
+
+def _platform() -> str:
+    "The operating system and C library (not the kernel's build, which changes no number)"
+    return ' '.join([platform.system(), *platform.libc_ver()]).strip()
 
 def _ranks() -> dict:
     "This process's rank and the world size, in distributed training only"

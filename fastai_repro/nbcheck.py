@@ -5,16 +5,19 @@ saved ones, ignoring only what cannot be reproduced, by rules it names."""
 
 # %% ../nbs/04a_nbcheck.ipynb #f8aaead9
 from __future__ import annotations
-import base64, copy, difflib, hashlib, html, os, re, shutil, tempfile, uuid
+import base64, copy, difflib, hashlib, html, math, os, platform, re, shutil, tempfile, uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode
+from .runrecord import write_atomic
 
 # %% auto #0
-__all__ = ['RULES', 'RECORDS_ENV', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines', 'cell_lines',
-           'kernel_record_path', 'running_request', 'file_safe', 'records_folder', 'cell_key', 'cell_records',
-           'explain', 'named_records', 'same_records', 'save_records', 'CellResult', 'NotebookResult', 'execute',
-           'compare_cells', 'check', 'report', 'notebooks', 'nbcheck']
+__all__ = ['RULES', 'RECORDS_ENV', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'directives', 'runs', 'compared', 'skip_flags',
+           'output_lines', 'cell_lines', 'kernel_record_path', 'running_request', 'file_safe', 'records_folder',
+           'cell_key', 'cell_records', 'explain', 'named_records', 'same_records', 'save_records', 'kernel_env',
+           'run_environment', 'bits_unreachable', 'record_devices', 'loose_check', 'CellResult', 'NotebookResult',
+           'worst', 'execute', 'compare_cells', 'write_notebook', 'check', 'report', 'notebooks', 'nbcheck']
 
 # %% ../nbs/04a_nbcheck.ipynb #e82fb1b5
 def directives(src:str) -> dict:
@@ -114,12 +117,15 @@ def output_lines(out:dict, used:set) -> list:
     for mime in sorted(data):
         v = _join(data[mime])
         if mime.startswith('image/'): res.append(f'[{mime}] sha256 {hashlib.sha256(base64.b64decode(v)).hexdigest()}')
-        elif mime == 'text/html': res += [f'[html] {l}' for l in _html_lines(v, used)]
+        elif mime == 'text/html' or mime.startswith('text/') and _HTML.search(v): # fastprogress's table, 3 ways
+            res += [f'[{mime[5:]}] {l}' for l in _html_lines(_FENCE.sub('', v), used)]
         elif mime.startswith('text/'): res += [f'[{mime[5:]}] {_text(l, used)}' for l in v.splitlines()]
         else: res.append(f'[{mime}] sha256 {hashlib.sha256(v.encode()).hexdigest()}')
     return res
 
 def _join(v) -> str: return ''.join(v) if isinstance(v, list) else str(v)
+_HTML = re.compile(r'<(table|progress)\b') # markup sent as markdown or plain text too (fastprogress 1.1.6 does)
+_FENCE = re.compile(r'^\s*```\w*\n|\n?```\s*$') # markdown's fence around it
 
 def cell_lines(cell, used:set) -> list:
     "Every output of a code cell, as lines"
@@ -205,23 +211,94 @@ def save_records(named:dict, saved:Path):
         if named: tmp.rename(saved)
     finally: shutil.rmtree(tmp, ignore_errors=True); shutil.rmtree(old, ignore_errors=True)
 
+# %% ../nbs/04a_nbcheck.ipynb #cd931d3e
+META_KEY = 'fastai_repro' # the notebook metadata key under which `--update` keeps the environment it ran in
+PACKAGES = ('torch', 'fastai', 'fastai_repro', 'numpy') # whose versions decide the bits
+BITS_NEED = ('machine', 'python', *PACKAGES, 'cpu_isa', 'devices') # what must be equal for equal bits
+STATUS = {'same': 0, 'differs': 1, 'error': 2, 'unchecked': 3} # exit codes of `fastai-repro nbcheck`
+
+def _version(pkg:str) -> str|None:
+    "The installed version of `pkg`, `None` if it is not installed"
+    from importlib.metadata import version, PackageNotFoundError
+    try: return version(pkg)
+    except PackageNotFoundError: return None
+
+def kernel_env(native:bool=False, base=None) -> dict:
+    "A notebook kernel's environment: `base` (default `os.environ`) with the portable CPU kernels unless `native`"
+    env = dict(os.environ if base is None else base)
+    return env if native or cpu_isa() is None else {**env, **PORTABLE_ENV}
+
+def run_environment(env:dict, devices=None) -> dict:
+    "What equal bits need of the environment a kernel with environment `env` runs in: machine, versions, kernels"
+    mode = kernel_mode(env)
+    isa = 'AVX2' if mode == 'portable' else (env.get('ATEN_CPU_CAPABILITY') or cpu_isa() or '').upper() or None
+    return dict(machine=platform.machine(), python='.'.join(platform.python_version_tuple()[:2]),
+                **{p: _version(p) for p in PACKAGES}, kernels=mode, cpu_isa=isa, devices=devices)
+
+def bits_unreachable(saved:dict|None, now:dict) -> list:
+    "Why outputs saved in environment `saved` cannot come out bit for bit in `now`: what differs (none known: [])"
+    if not isinstance(saved, dict): return []
+    return [f'{k}: {saved[k]} saved, {now[k]} here' for k in BITS_NEED
+            if saved.get(k) is not None and now.get(k) is not None and saved[k] != now[k]]
+
+def record_devices(paths) -> list|None:
+    "The devices the runs of these records trained on (`None`: no record)"
+    from fastai_repro.runrecord import RunRecord
+    devs = {d for p in paths for f in RunRecord.load(p).fits for d in (f.get('env') or {}).get('devices') or []}
+    return sorted(devs) if paths else None
+
+# %% ../nbs/04a_nbcheck.ipynb #8665d2af
+_DIGEST = re.compile(r'\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b|(?<![\w.])-?\d{12,}(?![\w.])')
+_NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])')
+
+def _parts(line:str) -> tuple:
+    "A line as (its text with digests and numbers taken out, its digests, its numbers)"
+    digests = [m[0] for m in _DIGEST.finditer(line)]
+    t = _DIGEST.sub('<digest>', line)
+    return _NUMBER.sub('<n>', t), digests, [float(n) for n in _NUMBER.findall(t)]
+
+def loose_check(la:list, lb:list, rtol:float|None=None) -> tuple:
+    "Two versions of a cell's lines where equal bits cannot be had: ('within'|'unchecked'|'differs', what was seen)"
+    if len(la) != len(lb): return 'differs', f'{len(la)} lines saved, {len(lb)} now'
+    res, seen = 'within', []
+    for a, b in zip(la, lb):
+        (ta, da, na), (tb, db, nb) = _parts(a), _parts(b)
+        if ta != tb or len(na) != len(nb): return 'differs', f'the text differs: {a[:80]!r} saved, {b[:80]!r} now'
+        if da != db: res = 'unchecked'; seen.append(f'a digest or image differs ({da[0][:16]} saved)')
+        far = [(x, y) for x, y in zip(na, nb) if x != y and (rtol is None or not math.isclose(x, y, rel_tol=rtol))]
+        if far and rtol is not None: return 'differs', f'{far[0][0]:g} saved, {far[0][1]:g} now: beyond rtol={rtol:g}'
+        if far: res = 'unchecked'; seen.append(f'numbers differ ({far[0][0]:g} saved, {far[0][1]:g} now)')
+    return res, '; '.join(dict.fromkeys(seen)) or f'every number within rtol={rtol:g}'
+
 # %% ../nbs/04a_nbcheck.ipynb #1a358cad
 @dataclass
 class CellResult:
-    "One code cell whose outputs differ from the saved ones; `why`: what `compare` says of the runs it trained"
-    index:int; source:str; diff:list; why:list=field(default_factory=list)
+    "A code cell whose outputs differ from the saved ones: `differs`, or `unchecked` (where bits cannot match)"
+    index:int; source:str; diff:list; why:list=field(default_factory=list); checked:str='differs'; seen:str=''
 
 @dataclass
 class NotebookResult:
-    "What `check` found in one notebook: cells that differ, an error, the rules applied"
+    "What `check` found in one notebook: cells that differ, an error, the rules applied, why bits cannot match here"
     path:str; compared:int=0; error:str|None=None
     differ:list=field(default_factory=list) # `CellResult`s
     rules:set=field(default_factory=set) # the `RULES` that left something out
+    unreachable:list=field(default_factory=list) # why the saved outputs cannot come out bit for bit here
+    within:list=field(default_factory=list) # cells whose numbers are within `rtol` (where bits cannot match)
+    rtol:float|None=None
     @property
-    def status(self) -> int: return 2 if self.error else 1 if self.differ else 0
+    def status(self) -> int:
+        "0 same, 1 differs, 2 error, 3 could not be checked here (`STATUS`)"
+        if self.error: return STATUS['error']
+        kinds = {c.checked for c in self.differ}
+        return STATUS['differs'] if 'differs' in kinds else STATUS['unchecked'] if kinds else STATUS['same']
 
-def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=(), records:Path|None=None) -> dict:
-    "`nb` executed in a fresh Jupyter kernel, in `folder`; cells nbdev skips keep their saved outputs"
+def worst(statuses) -> int:
+    "The exit code of several checks: an error, then a difference, then 'could not be checked here', then same"
+    return max(statuses, key=[0, 3, 1, 2].index, default=0)
+
+def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=(), records:Path|None=None,
+            env:dict|None=None) -> dict:
+    "`nb` executed in a fresh Jupyter kernel with environment `env`, in `folder`; cells nbdev skips keep their outputs"
     try:
         import nbformat
         from nbclient import NotebookClient
@@ -229,14 +306,14 @@ def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()
         raise ImportError(f'nbcheck needs nbclient and ipykernel ({e}); pip install "fastai_repro[nbcheck]"') from e
     run = [i for i, c in enumerate(nb['cells']) if runs(c, skip)]
     todo = nbformat.from_dict({**nb, 'cells': [copy.deepcopy(nb['cells'][i]) for i in run]})
-    env = {**os.environ, RECORDS_ENV: str(records)} if records else None # where its callbacks save their records
+    env = {**(kernel_env() if env is None else env), **({RECORDS_ENV: str(records)} if records else {})}
     sent = {} # index in `todo` -> the message id of its execute request
     def executed(cell, cell_index, execute_reply):
         "nbclient's hook after each cell: keep the id of the request that ran it"
         sent[cell_index] = execute_reply['parent_header']['msg_id']
     NotebookClient(todo, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(folder)}},
                    extra_arguments=['--IPKernelApp.log_level=ERROR'], # no warning about TCP
-                   on_cell_executed=executed).execute(**({'env': env} if env else {}))
+                   on_cell_executed=executed).execute(env=env)
     for j, msg in sent.items(): # the records, named by the cell that trained: `<cell index>-<k>.jsonl`
         for p in (records.glob(f'{file_safe(msg)}-*.jsonl') if records else []):
             p.rename(records/f"{run[j]}-{p.name.rsplit('-', 1)[1]}")
@@ -244,50 +321,75 @@ def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()
     for i, c in zip(run, todo.cells): res['cells'][i].update(outputs=c.outputs, execution_count=c.execution_count)
     return res
 
-def compare_cells(saved:dict, now:dict, path:str='', skip=()) -> NotebookResult:
-    "The code cells of two versions of one notebook whose compared outputs differ"
-    res = NotebookResult(path)
+def compare_cells(saved:dict, now:dict, path:str='', skip=(), unreachable=(), rtol:float|None=None) -> NotebookResult:
+    "The code cells of two versions of one notebook whose outputs differ; where bits cannot match, checked loosely"
+    res = NotebookResult(path, unreachable=list(unreachable), rtol=rtol)
     for i, (a, b) in enumerate(zip(saved['cells'], now['cells'])):
         if not compared(a, skip): continue
         res.compared += 1
         la, lb = cell_lines(a, res.rules), cell_lines(b, res.rules)
-        if la != lb:
-            diff = list(difflib.unified_diff(la, lb, 'saved', 'now', lineterm=''))
-            res.differ.append(CellResult(i, _join(a.get('source', '')), diff))
+        if la == lb: continue
+        checked, seen = loose_check(la, lb, rtol) if unreachable else ('differs', '')
+        if checked == 'within': res.within.append(i); continue
+        diff = list(difflib.unified_diff(la, lb, 'saved', 'now', lineterm=''))
+        res.differ.append(CellResult(i, _join(a.get('source', '')), diff, checked=checked, seen=seen))
     return res
 
-def check(path, update:bool=False, timeout:int=600) -> NotebookResult:
-    "Execute the notebook at `path`, compare every code cell's outputs with the saved ones; `update` saves new ones"
+def write_notebook(nb:dict, path:Path):
+    "Write `nb` over `path` whole or not at all (a temporary file renamed): a failed write leaves the old notebook"
+    import nbformat
+    write_atomic(nbformat.writes(nbformat.from_dict(nb)).encode() + b'\n', Path(path))
+
+def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:float|None=None) -> NotebookResult:
+    "Execute the notebook at `path` (portable CPU kernels unless `native`), compare its outputs; `update` saves them"
     import nbformat
     path = Path(path)
     try: nb = nbformat.read(path, as_version=4)
     except Exception as e: return NotebookResult(str(path), error=f'cannot read it: {type(e).__name__}: {e}')
-    folder = path.parent.resolve()
+    folder, env = path.parent.resolve(), kernel_env(native)
     skip, saved = skip_flags(folder), records_folder(path)
     with tempfile.TemporaryDirectory() as tmp:
-        try: now = execute(nb, folder, timeout, skip=skip, records=Path(tmp))
+        try: now = execute(nb, folder, timeout, skip=skip, records=Path(tmp), env=env)
         except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
-        res, new = compare_cells(nb, now, str(path), skip), cell_records(Path(tmp))
+        new = cell_records(Path(tmp))
+        here = run_environment(env, record_devices([p for ps in new.values() for p in ps]))
+        gone = bits_unreachable(nb.get('metadata', {}).get(META_KEY, {}).get('environment'), here)
+        res = compare_cells(nb, now, str(path), skip, gone, rtol)
         for c in res.differ: c.why = explain(new.get(c.index, []), saved, cell_key(nb['cells'][c.index], c.index))
         if not update: return res
-        named = named_records(now, new)
+        named, meta = named_records(now, new), {**nb.get('metadata', {}), META_KEY: {'environment': here}}
         try:
             if not same_records(named, saved): save_records(named, saved) # records first: a notebook never points past them
-            if res.differ: nbformat.write(nbformat.from_dict(now), path)
+            if res.differ or res.within or meta != nb.get('metadata'): write_notebook({**now, 'metadata': meta}, path)
         except OSError as e: res.error = f'cannot save the new outputs or records: {type(e).__name__}: {e}'
     return res
 
+# %% ../nbs/04a_nbcheck.ipynb #09b9c813
 def report(r:NotebookResult, context:int=3) -> str:
     "What `check` found in one notebook, for people: each differing cell's number, first lines and diff"
     if r.error: return f'{r.path}: ERROR {r.error}'
-    n = f'{len(r.differ)} of {r.compared} compared cells differ' if r.differ else f'{r.compared} compared cells match'
-    lines = [f'{r.path}: {n}']
+    lines = [f'{r.path}: {_counts(r)}']
+    if r.unreachable:
+        tol = f'within rtol={r.rtol:g}' if r.rtol is not None else 'left unchecked (--rtol sets a tolerance)'
+        lines.append(f"  saved in another environment ({'; '.join(r.unreachable)}): its outputs cannot come out bit for "
+                     f"bit here; compared instead: the text of every output, and each number {tol}")
     for c in r.differ:
         src = c.source.splitlines() or ['']
-        lines += [f'  cell {c.index}: {src[0]}'] + [f'          {l}' for l in src[1:context]]
+        head = f'  cell {c.index}: ' + ('' if c.checked == 'differs' else 'could not be checked bit for bit here, ')
+        lines += [head + src[0]] + [f'          {l}' for l in src[1:context]]
+        if c.seen: lines.append(f'    {"its text matches; " if c.checked == "unchecked" else ""}{c.seen}')
         lines += [f'    {l}' for l in c.diff] + [f'    {l}' for l in c.why]
+    if r.within: lines.append(f"  within rtol={r.rtol:g}: cells {', '.join(map(str, r.within))}")
     if r.rules: lines.append('  ignored: ' + '; '.join(RULES[k] for k in sorted(r.rules)))
     return '\n'.join(lines)
+
+def _counts(r:NotebookResult) -> str:
+    "How many compared cells differ, could not be checked here, or match within the tolerance; or that all match"
+    n = {k: sum(c.checked == k for c in r.differ) for k in ('differs', 'unchecked')}
+    res = [f"{n['differs']} of {r.compared} compared cells differ"] if n['differs'] else []
+    if n['unchecked']: res.append(f"{n['unchecked']} of {r.compared} could not be checked here")
+    if r.within: res.append(f'{len(r.within)} of {r.compared} match within rtol={r.rtol:g}')
+    return ', '.join(res) or f'{r.compared} compared cells match'
 
 # %% ../nbs/04a_nbcheck.ipynb #6ede0bdb
 def notebooks(paths) -> list:
@@ -298,9 +400,10 @@ def notebooks(paths) -> list:
         else: res.append(p)
     return res
 
-def nbcheck(paths, update:bool=False, n_workers:int=1, timeout:int=600) -> list:
+def nbcheck(paths, update:bool=False, n_workers:int=1, timeout:int=600, native:bool=False,
+            rtol:float|None=None) -> list:
     "`check` every notebook of `paths`, `n_workers` at a time (each in its own kernel)"
-    nbs = notebooks(paths)
-    if n_workers <= 1 or len(nbs) < 2: return [check(p, update, timeout) for p in nbs]
+    nbs, more = notebooks(paths), (update, timeout, native, rtol)
+    if n_workers <= 1 or len(nbs) < 2: return [check(p, *more) for p in nbs]
     with ProcessPoolExecutor(min(n_workers, len(nbs))) as ex:
-        return list(ex.map(check, nbs, [update] * len(nbs), [timeout] * len(nbs)))
+        return list(ex.map(check, nbs, *([m] * len(nbs) for m in more)))

@@ -195,7 +195,7 @@ def fit_problem(f) -> str|None:
         v = (f.get('end') or {}).get(k)
         if v is not None and type(v) is not t:
             return f"fit field 'end.{k}' must be {_type_name(t)} or null, got {v!r:.60}"
-    for k in ('flags', 'threads', 'precision'):
+    for k in ('flags', 'threads', 'precision', 'kernels'):
         if not isinstance((f.get('env') or {}).get(k, {}), dict): return f"fit field 'env.{k}' must be an object"
     if _depth(f) > _DEEPEST: return f'a fit nested more than {_DEEPEST} deep'
 

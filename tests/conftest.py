@@ -1,4 +1,6 @@
 import pytest
+from fastai_repro.determinism import portable_kernels
+portable_kernels() # the tests run in portable mode, as nbcheck's kernels do: the same bits on every x86-64 CPU
 from fastai_repro.all import make_digits_folder, digits_dls
 from helpers import N_IMAGES, SIZE
 
