@@ -2,14 +2,14 @@
 
 The mode of the CPU kernels is fixed when a process first runs them, so each run is a new process. Runs alternate
 portable and native, the order swapped each round; each run times one `fit` of `vision_learner(resnet18,
-pretrained=False)` with `ReproducibleCallback(21)` on the digits at 32 px (480 images unless `--n`), after one
-warm-up batch. Prints each pair and the median of the per-round ratios portable / native, with the CPU named.
+pretrained=False)` with `ReproducibleCallback(21)` on the digits at 32 px (480 images unless `--n`), oneDNN's first
+compilation of its kernels included. Prints each pair and the median of the per-round ratios portable / native, with the
+CPU named.
 
     python bench/kernels.py [--rounds 5] [--n 480] [--epochs 1]
 """
 import argparse, json, os, platform, statistics, subprocess, sys, tempfile, time
-
-PORTABLE = {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2'}
+from fastai_repro.determinism import PORTABLE_ENV as PORTABLE, cpu_isa
 
 def one_fit(data:str, epochs:int) -> dict:
     "Time one fit in this process's kernels; its wall and CPU seconds, and the kernels that ran"
@@ -41,12 +41,12 @@ def cpu_name() -> str:
     except (OSError, StopIteration): return platform.processor() or platform.machine()
 
 def main():
+    "Time the fits, alternating portable and native, and print the median ratio"
     p = argparse.ArgumentParser()
     p.add_argument('--rounds', type=int, default=5); p.add_argument('--n', type=int, default=480)
     p.add_argument('--epochs', type=int, default=1)
     a = p.parse_args()
     from fastai_repro.all import make_digits_folder
-    from fastai_repro.determinism import cpu_isa
     data = str(make_digits_folder(os.path.join(tempfile.mkdtemp(), 'digits'), n=a.n))
     print(f'CPU: {cpu_name()} ({cpu_isa()}), {os.cpu_count()} cores; {a.n} digits at 32 px, fit({a.epochs})')
     ratios = {'wall': [], 'cpu': []}

@@ -378,6 +378,7 @@ def _check_ranks(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):
+    "Begin the record's row of the batch under way: its position, generators and data digests"
     epoch, training, it = sc.at # the batch `before_batch` just began
     sc.row = dict(fit=sc.idx, epoch=epoch, phase='train' if training else 'valid', iter=it,
                   **generator_fingerprints(self.dls), inputs=tensors_digest(self.xb), targets=tensors_digest(self.yb))
@@ -385,6 +386,7 @@ def _start_row(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _end_row(self:ReproducibleCallback, sc:FitScope):
+    "Finish the row of the batch that ended: its loss (none if cancelled before it) and the generators it left"
     loss = _loop(self.learn, 'loss')
     if sc.row.get('cancelled') and loss is sc.prev_loss: loss = None # cancelled before its loss: the last batch's
     sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())

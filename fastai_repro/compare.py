@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 import numpy as np, pandas as pd
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
+from .determinism import PORTABLE_ENV
 
 # %% auto #0
 __all__ = ['FACTS', 'OBSERVERS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs',
@@ -136,12 +137,12 @@ INTENDED = ('architecture', 'optimizer', 'loss_func', 'callbacks', 'hyperparamet
 FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by `compare`
   'empty': '{detail}: nothing to compare; record a training fit with ReproducibleCallback, or check the file name',
   'env': 'the environments differ ({detail}): bit-equality is not expected across versions, devices or CPU kinds '
-         '(on x86-64 CPUs from AVX2 up, portable mode gives the same bits: fastai_repro.portable_kernels()); '
+         '(on x86-64 CPUs from AVX2 up, portable mode gives the same bits: portable_kernels()); '
          'compare runs made with the same versions on the same kind of machine',
   'kernels': 'the CPU kernels differ ({detail}): portable and native mode, or native kernels of CPUs with other '
              'instruction sets (AVX2, AVX-512), compute float sums in another order; run both in portable mode: call '
-             'fastai_repro.portable_kernels() before the model is built, or set ONEDNN_MAX_CPU_ISA=AVX2 '
-             'ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 before Python starts',
+             'portable_kernels() (from fastai_repro.all) before the model is built, or set '
+             + ' '.join(f'{k}={v}' for k, v in PORTABLE_ENV.items()) + ' before Python starts',
   'threads': "torch's thread counts differ ({detail}): CPU kernels split their sums by thread, so float results "
              'depend on the count; call torch.set_num_threads(n) (and set_num_interop_threads) with the same n in both '
              'runs, or set OMP_NUM_THREADS alike',

@@ -4,10 +4,11 @@
 
 # %% ../nbs/00b_determinism.ipynb #11d1f001
 from __future__ import annotations
-import ctypes, functools, os, platform, re, sys, tempfile, warnings
+import ctypes, functools, os, platform, re, sys, tempfile, threading, warnings
 
 # %% auto #0
-__all__ = ['PORTABLE_ENV', 'kernel_mode', 'cpu_isa', 'onednn_isa', 'kernel_facts', 'kernels_late', 'portable_kernels']
+__all__ = ['PORTABLE_ENV', 'kernel_mode', 'cpu_isa', 'portable_possible', 'onednn_isa', 'kernel_facts', 'kernels_late',
+           'portable_kernels']
 
 # %% ../nbs/00b_determinism.ipynb #61d8fd59
 PORTABLE_ENV = {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2'}
@@ -22,47 +23,65 @@ def cpu_isa() -> str|None:
     "The widest vector instruction set this x86-64 CPU offers torch: 'AVX512', 'AVX2' or 'DEFAULT'; `None` elsewhere"
     if platform.machine().lower() not in ('x86_64', 'amd64'): return None
     try: flags = set(re.search(r'^flags\s*:(.*)$', open('/proc/cpuinfo').read(), re.M)[1].split())
-    except (OSError, TypeError): return None # not Linux
+    except (OSError, TypeError): return _torch_isa() # not Linux: ask torch
     if {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= flags: return 'AVX512'
     return 'AVX2' if {'avx2', 'fma'} <= flags else 'DEFAULT'
 
+def _torch_isa() -> str|None:
+    "What torch says this x86-64 CPU offers (macOS, Windows), `None` if it cannot say"
+    try:
+        import torch.cpu as c
+        return 'AVX512' if c._is_avx512_supported() else 'AVX2' if c._is_avx2_supported() else 'DEFAULT'
+    except (ImportError, AttributeError): return None
+
+def portable_possible() -> bool:
+    "Whether this CPU can run the portable baseline: an x86-64 CPU with AVX2 or more"
+    return cpu_isa() in ('AVX2', 'AVX512')
+
 # %% ../nbs/00b_determinism.ipynb #308a3478
+_PROBE = threading.Lock() # one probe at a time: it borrows the process's stdout
+
 @functools.cache
 def onednn_isa() -> str|None:
     "The instruction set oneDNN's convolutions run with in this process (fixed at its first use), e.g. 'avx2'"
     import torch
     if not torch.backends.mkldnn.is_available(): return None
-    sys.stdout.flush()
+    with _PROBE:
+        try: out = _verbose_conv(torch)
+        except Exception: return None # no verbose output here (a closed stdout, no C library): unknown
+    m = re.search(r',convolution,[^,:]*:([^,]+),', out)
+    return m[1] if m else None
+
+def _verbose_conv(torch) -> str:
+    "What oneDNN prints in verbose mode while it runs one tiny convolution of zeros"
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush(); libc.fflush(None) # what was printed before goes where it was going
     with tempfile.TemporaryFile() as f:
         saved = os.dup(1)
         try:
             os.dup2(f.fileno(), 1) # oneDNN prints to the C library's stdout
             with torch.no_grad(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
                 torch.nn.functional.conv2d(torch.zeros(2, 16, 16, 16), torch.zeros(16, 16, 3, 3))
-            ctypes.CDLL(None).fflush(None)
-        finally: os.dup2(saved, 1); os.close(saved)
-        f.seek(0); out = f.read().decode(errors='replace')
-    m = re.search(r',convolution,[^,:]*:([^,]+),', out)
-    return m[1] if m else None
+        finally: libc.fflush(None); os.dup2(saved, 1); os.close(saved)
+        f.seek(0); return f.read().decode(errors='replace')
 
 # %% ../nbs/00b_determinism.ipynb #1aab2cab
 def kernel_facts() -> dict:
     "The CPU kernels' mode and what ATen, oneDNN and MKL run with in this process"
     import torch
     return dict(mode=kernel_mode(), aten=torch.backends.cpu.get_cpu_capability(), onednn=onednn_isa(),
-                mkl_cbwr=os.environ.get('MKL_CBWR'))
+                mkl_cbwr=os.environ.get('MKL_CBWR')) # the setting asked of MKL: it has no query for what runs
 
 # %% ../nbs/00b_determinism.ipynb #3d2da09d
 def kernels_late(facts:dict|None=None) -> list:
     "In portable mode, the libraries whose kernels are not the AVX2 baseline (chosen before it was set), with the fix"
     f = facts or kernel_facts()
     if f['mode'] != 'portable': return []
+    if cpu_isa() == 'DEFAULT': return ['this CPU has no AVX2: the portable baseline cannot run here']
     res, when = [], ('set portable mode before the first model is built (portable_kernels() from fastai_repro.all, '
-                     'or the environment variables before Python starts)')
-    if f['aten'] == 'DEFAULT' or cpu_isa() == 'DEFAULT':
-        return ['this CPU has no AVX2: the portable baseline cannot run here']
+                     'or ' + ' '.join(f'{k}={v}' for k, v in PORTABLE_ENV.items()) + ' before Python starts)')
     if f['aten'] != 'AVX2': res.append(f"ATen's kernels were chosen before portable mode was set ({f['aten']}); {when}")
-    if f['onednn'] and re.search(r'avx512|amx|avx10', f['onednn']):
+    if f['onednn'] and re.search(r'sse|avx|amx', f['onednn']) and f['onednn'] != 'avx2':
         res.append(f"oneDNN's kernels were chosen before portable mode was set ({f['onednn']}); {when}")
     return res
 
@@ -70,8 +89,9 @@ def kernels_late(facts:dict|None=None) -> list:
 def portable_kernels() -> list:
     "Run CPU kernels at the AVX2 baseline, the same bits on every x86-64 CPU from AVX2 up; warn with what came too late"
     from fastai_repro.seeding import ReproducibilityWarning
-    if cpu_isa() is None:
-        msg = f'portable mode: no portable baseline is known for {platform.machine()}; the kernels stay native'
+    if not portable_possible():
+        why = 'this CPU has no AVX2' if cpu_isa() == 'DEFAULT' else f'no portable baseline is known for this CPU'
+        msg = f'portable mode: {why}; the kernels stay native'
         warnings.warn(f'fastai_repro: {msg}', ReproducibilityWarning, stacklevel=2)
         return [msg]
     os.environ.update(PORTABLE_ENV)

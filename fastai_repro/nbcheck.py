@@ -9,15 +9,16 @@ import base64, copy, difflib, hashlib, html, math, os, platform, re, shutil, tem
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode
+from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode, portable_possible
 from .runrecord import write_atomic
 
 # %% auto #0
 __all__ = ['RULES', 'RECORDS_ENV', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'directives', 'runs', 'compared', 'skip_flags',
            'output_lines', 'cell_lines', 'kernel_record_path', 'running_request', 'file_safe', 'records_folder',
            'cell_key', 'cell_records', 'explain', 'named_records', 'same_records', 'save_records', 'kernel_env',
-           'run_environment', 'bits_unreachable', 'record_devices', 'loose_check', 'CellResult', 'NotebookResult',
-           'worst', 'execute', 'compare_cells', 'write_notebook', 'check', 'report', 'notebooks', 'nbcheck']
+           'run_environment', 'bits_unreachable', 'saved_environment', 'record_devices', 'loose_check', 'CellResult',
+           'NotebookResult', 'worst', 'execute', 'compare_cells', 'write_notebook', 'check', 'report', 'notebooks',
+           'nbcheck']
 
 # %% ../nbs/04a_nbcheck.ipynb #e82fb1b5
 def directives(src:str) -> dict:
@@ -186,9 +187,16 @@ def explain(new:list, saved:Path, key:str) -> list:
             res.append(f'why: no record of run {k} of this cell was saved (nbcheck --update saves them in {saved})'); continue
         try: c = compare(old, p)
         except Exception as e: res.append(f'why: cannot compare run {k} with {old}: {type(e).__name__}: {e}'); continue
-        res += [f'why (run {k} of this cell, compared with {old.name}): {c.verdict()}']
+        res += [f'why (run {k} of this cell, compared with {old.name}): {c.verdict()}', f'  data: {_data_check(c)}']
         res += [f'  {w}: {f}' for w, f in c.fixes.items()] # each cause with its detail and fix
     return res
+
+def _data_check(c) -> str:
+    "What a comparison says of the data alone: the inputs and targets of the batches both runs recorded"
+    n = c.coverage.get('compared', 0)
+    if not n: return 'no batch of both runs to compare'
+    bad = [k for k in ('inputs', 'targets') if not c.components.get(k, True)]
+    return f"the {' and '.join(bad)} differ" if bad else f'the inputs and targets of all {n} compared batches match'
 
 def named_records(nb:dict, new:dict) -> dict:
     "The file name each new record gets beside the notebook (`<cell id>-<k>.jsonl`) -> its path"
@@ -214,7 +222,7 @@ def save_records(named:dict, saved:Path):
 # %% ../nbs/04a_nbcheck.ipynb #cd931d3e
 META_KEY = 'fastai_repro' # the notebook metadata key under which `--update` keeps the environment it ran in
 PACKAGES = ('torch', 'fastai', 'fastai_repro', 'numpy') # whose versions decide the bits
-BITS_NEED = ('machine', 'python', *PACKAGES, 'cpu_isa', 'devices') # what must be equal for equal bits
+BITS_NEED = ('machine', 'system', 'python', *PACKAGES, 'cpu_isa', 'devices') # what must be equal for equal bits
 STATUS = {'same': 0, 'differs': 1, 'error': 2, 'unchecked': 3} # exit codes of `fastai-repro nbcheck`
 
 def _version(pkg:str) -> str|None:
@@ -226,36 +234,55 @@ def _version(pkg:str) -> str|None:
 def kernel_env(native:bool=False, base=None) -> dict:
     "A notebook kernel's environment: `base` (default `os.environ`) with the portable CPU kernels unless `native`"
     env = dict(os.environ if base is None else base)
-    return env if native or cpu_isa() is None else {**env, **PORTABLE_ENV}
+    return env if native or not portable_possible() else {**env, **PORTABLE_ENV}
 
 def run_environment(env:dict, devices=None) -> dict:
     "What equal bits need of the environment a kernel with environment `env` runs in: machine, versions, kernels"
     mode = kernel_mode(env)
     isa = 'AVX2' if mode == 'portable' else (env.get('ATEN_CPU_CAPABILITY') or cpu_isa() or '').upper() or None
-    return dict(machine=platform.machine(), python='.'.join(platform.python_version_tuple()[:2]),
+    return dict(machine=platform.machine(), system=' '.join([platform.system(), *platform.libc_ver()]).strip(),
+                python='.'.join(platform.python_version_tuple()[:2]),
                 **{p: _version(p) for p in PACKAGES}, kernels=mode, cpu_isa=isa, devices=devices)
 
 def bits_unreachable(saved:dict|None, now:dict) -> list:
     "Why outputs saved in environment `saved` cannot come out bit for bit in `now`: what differs (none known: [])"
     if not isinstance(saved, dict): return []
-    return [f'{k}: {saved[k]} saved, {now[k]} here' for k in BITS_NEED
-            if saved.get(k) is not None and now.get(k) is not None and saved[k] != now[k]]
+    return [f'{k}: {saved[k] if k in saved else "none"} saved, {now.get(k)} here' for k in BITS_NEED
+            if saved.get(k) != now.get(k) and not (k == 'devices' and None in (saved.get(k), now.get(k)))]
+
+def saved_environment(nb:dict) -> dict|None:
+    "The environment `--update` kept in a notebook's metadata, `None` if it kept none (or not in a form it wrote)"
+    env = (nb.get('metadata') or {}).get(META_KEY) if isinstance(nb.get('metadata'), dict) else None
+    env = env.get('environment') if isinstance(env, dict) else None
+    return env if isinstance(env, dict) else None
 
 def record_devices(paths) -> list|None:
     "The devices the runs of these records trained on (`None`: no record)"
-    from fastai_repro.runrecord import RunRecord
-    devs = {d for p in paths for f in RunRecord.load(p).fits for d in (f.get('env') or {}).get('devices') or []}
+    from fastai_repro.runrecord import RunRecord, RecordError
+    try: devs = {d for p in paths for f in RunRecord.load(p).fits for d in (f.get('env') or {}).get('devices') or []}
+    except RecordError: return None # a record not saved whole: the devices are not known
     return sorted(devs) if paths else None
 
 # %% ../nbs/04a_nbcheck.ipynb #8665d2af
-_DIGEST = re.compile(r'\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b|(?<![\w.])-?\d{12,}(?![\w.])')
-_NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])')
+_DIGEST = re.compile(r'\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{8,}\b|(?<![\w.])-?\d{12,}(?!\d)')
+_NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?!\d)')
 
 def _parts(line:str) -> tuple:
-    "A line as (its text with digests and numbers taken out, its digests, its numbers)"
+    "A line as (its text with digests and numbers taken out, its digests, its numbers as written)"
     digests = [m[0] for m in _DIGEST.finditer(line)]
     t = _DIGEST.sub('<digest>', line)
-    return _NUMBER.sub('<n>', t), digests, [float(n) for n in _NUMBER.findall(t)]
+    return _NUMBER.sub('<n>', t), digests, _NUMBER.findall(t)
+
+def _tol(rtol:float|None) -> str:
+    "How numbers were compared where bits cannot match"
+    return 'as numbers (written otherwise)' if rtol is None else f'within rtol={rtol:g}'
+
+def _close(a:str, b:str, rtol:float|None) -> bool:
+    "Whether two numbers as written are equal, or (floats, with `rtol`) within `rtol` of each other"
+    x, y = float(a), float(b)
+    if x == y or (math.isnan(x) and math.isnan(y)): return True
+    is_int = not re.search(r'[.eE]', a + b) # counts, epochs, sizes: exact
+    return rtol is not None and not is_int and math.isclose(x, y, rel_tol=rtol)
 
 def loose_check(la:list, lb:list, rtol:float|None=None) -> tuple:
     "Two versions of a cell's lines where equal bits cannot be had: ('within'|'unchecked'|'differs', what was seen)"
@@ -265,10 +292,10 @@ def loose_check(la:list, lb:list, rtol:float|None=None) -> tuple:
         (ta, da, na), (tb, db, nb) = _parts(a), _parts(b)
         if ta != tb or len(na) != len(nb): return 'differs', f'the text differs: {a[:80]!r} saved, {b[:80]!r} now'
         if da != db: res = 'unchecked'; seen.append(f'a digest or image differs ({da[0][:16]} saved)')
-        far = [(x, y) for x, y in zip(na, nb) if x != y and (rtol is None or not math.isclose(x, y, rel_tol=rtol))]
-        if far and rtol is not None: return 'differs', f'{far[0][0]:g} saved, {far[0][1]:g} now: beyond rtol={rtol:g}'
-        if far: res = 'unchecked'; seen.append(f'numbers differ ({far[0][0]:g} saved, {far[0][1]:g} now)')
-    return res, '; '.join(dict.fromkeys(seen)) or f'every number within rtol={rtol:g}'
+        far = [(x, y) for x, y in zip(na, nb) if not _close(x, y, rtol)]
+        if far and rtol is not None: return 'differs', f'{far[0][0]} saved, {far[0][1]} now: beyond rtol={rtol:g}'
+        if far: res = 'unchecked'; seen.append(f'numbers differ ({far[0][0]} saved, {far[0][1]} now)')
+    return res, '; '.join(dict.fromkeys(seen)) or f'every number equal {_tol(rtol)}'
 
 # %% ../nbs/04a_nbcheck.ipynb #1a358cad
 @dataclass
@@ -338,7 +365,7 @@ def compare_cells(saved:dict, now:dict, path:str='', skip=(), unreachable=(), rt
 def write_notebook(nb:dict, path:Path):
     "Write `nb` over `path` whole or not at all (a temporary file renamed): a failed write leaves the old notebook"
     import nbformat
-    write_atomic(nbformat.writes(nbformat.from_dict(nb)).encode() + b'\n', Path(path))
+    write_atomic(nbformat.writes(nbformat.from_dict(nb)).encode() + b'\n', Path(path).resolve()) # a link's target
 
 def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:float|None=None) -> NotebookResult:
     "Execute the notebook at `path` (portable CPU kernels unless `native`), compare its outputs; `update` saves them"
@@ -353,11 +380,12 @@ def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:floa
         except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
         new = cell_records(Path(tmp))
         here = run_environment(env, record_devices([p for ps in new.values() for p in ps]))
-        gone = bits_unreachable(nb.get('metadata', {}).get(META_KEY, {}).get('environment'), here)
+        gone = bits_unreachable(saved_environment(nb), here)
         res = compare_cells(nb, now, str(path), skip, gone, rtol)
         for c in res.differ: c.why = explain(new.get(c.index, []), saved, cell_key(nb['cells'][c.index], c.index))
         if not update: return res
-        named, meta = named_records(now, new), {**nb.get('metadata', {}), META_KEY: {'environment': here}}
+        old = nb['metadata'] if isinstance(nb.get('metadata'), dict) else {}
+        named, meta = named_records(now, new), {**old, META_KEY: {'environment': here}}
         try:
             if not same_records(named, saved): save_records(named, saved) # records first: a notebook never points past them
             if res.differ or res.within or meta != nb.get('metadata'): write_notebook({**now, 'metadata': meta}, path)
@@ -369,17 +397,19 @@ def report(r:NotebookResult, context:int=3) -> str:
     "What `check` found in one notebook, for people: each differing cell's number, first lines and diff"
     if r.error: return f'{r.path}: ERROR {r.error}'
     lines = [f'{r.path}: {_counts(r)}']
-    if r.unreachable:
-        tol = f'within rtol={r.rtol:g}' if r.rtol is not None else 'left unchecked (--rtol sets a tolerance)'
-        lines.append(f"  saved in another environment ({'; '.join(r.unreachable)}): its outputs cannot come out bit for "
-                     f"bit here; compared instead: the text of every output, and each number {tol}")
+    if r.unreachable and not (r.differ or r.within):
+        lines.append(f"  saved in another environment ({'; '.join(r.unreachable)}): every output matched all the same")
+    elif r.unreachable:
+        tol = 'left unchecked where it differs (--rtol sets a tolerance)' if r.rtol is None else _tol(r.rtol)
+        lines.append(f"  saved in another environment ({'; '.join(r.unreachable)}): its outputs cannot come out bit "
+                     f"for bit here; compared instead: the text of every output, and each number {tol}")
     for c in r.differ:
         src = c.source.splitlines() or ['']
         head = f'  cell {c.index}: ' + ('' if c.checked == 'differs' else 'could not be checked bit for bit here, ')
         lines += [head + src[0]] + [f'          {l}' for l in src[1:context]]
         if c.seen: lines.append(f'    {"its text matches; " if c.checked == "unchecked" else ""}{c.seen}')
         lines += [f'    {l}' for l in c.diff] + [f'    {l}' for l in c.why]
-    if r.within: lines.append(f"  within rtol={r.rtol:g}: cells {', '.join(map(str, r.within))}")
+    if r.within: lines.append(f"  {_tol(r.rtol)}: cells {', '.join(map(str, r.within))}")
     if r.rules: lines.append('  ignored: ' + '; '.join(RULES[k] for k in sorted(r.rules)))
     return '\n'.join(lines)
 
@@ -388,7 +418,7 @@ def _counts(r:NotebookResult) -> str:
     n = {k: sum(c.checked == k for c in r.differ) for k in ('differs', 'unchecked')}
     res = [f"{n['differs']} of {r.compared} compared cells differ"] if n['differs'] else []
     if n['unchecked']: res.append(f"{n['unchecked']} of {r.compared} could not be checked here")
-    if r.within: res.append(f'{len(r.within)} of {r.compared} match within rtol={r.rtol:g}')
+    if r.within: res.append(f'{len(r.within)} of {r.compared} match {_tol(r.rtol)}')
     return ', '.join(res) or f'{r.compared} compared cells match'
 
 # %% ../nbs/04a_nbcheck.ipynb #6ede0bdb

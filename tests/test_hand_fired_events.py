@@ -25,7 +25,7 @@ LOOP = ('iter', 'epoch', 'n_iter', 'dl', 'training', 'loss', 'n_epoch', 'train_i
 class Probe(Callback):
     "Runs after every other callback: keeps each event that reaches it, with the learner's and the model's mode"
     order = 99
-    def __init__(self): self.got = []
+    def __init__(self): "Nothing seen yet"; self.got = []
     def __call__(self, event_name):
         "Note the event (it came this far: no callback before raised), then run it as usual"
         self.got.append((event_name, self.learn.__dict__.get('training'), self.learn.model.training))
