@@ -112,4 +112,6 @@ def test_notebook_on_another_machine(data, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert 'cpu_isa: AVX2 saved, DEFAULT here' in out and 'cell 0: could not be checked bit for bit here' in out, out
     assert 'its text matches' in out, out
+    assert 'why (run 0 of this cell' in out and 'DIFFER: kernels' in out, out # the records say why: the kernels
+    assert 'data: the inputs differ' in out, out # its augmentation ran on other kernels too; the targets match
     assert main(['nbcheck', str(path)]) == STATUS['same'], capsys.readouterr().out # portable: bit for bit
