@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes, functools, os, platform, re, sys, tempfile, threading, warnings
 
 # %% auto #0
-__all__ = ['PORTABLE_ENV', 'kernel_mode', 'cpu_isa', 'portable_possible', 'onednn_isa', 'kernel_facts', 'kernels_late',
+__all__ = ['PORTABLE_ENV', 'kernel_mode', 'cpu_isa', 'system', 'portable_possible', 'onednn_isa', 'kernel_facts', 'kernels_late',
            'portable_kernels']
 
 # %% ../nbs/00b_determinism.ipynb #61d8fd59
@@ -33,6 +33,10 @@ def _torch_isa() -> str|None:
         import torch.cpu as c
         return 'AVX512' if c._is_avx512_supported() else 'AVX2' if c._is_avx2_supported() else 'DEFAULT'
     except (ImportError, AttributeError): return None
+
+def system() -> str:
+    "The operating system and C library, e.g. 'Linux glibc 2.36' (not the kernel's build, which changes no number)"
+    return ' '.join([platform.system(), *platform.libc_ver()]).strip()
 
 def portable_possible() -> bool:
     "Whether this CPU can run the portable baseline: an x86-64 CPU with AVX2 or more"

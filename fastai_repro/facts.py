@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from . import __version__
 from .seeding import determinism_flags, distributed
-from .determinism import cpu_isa, kernel_facts
+from .determinism import cpu_isa, kernel_facts, system
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
 # %% auto #0
@@ -41,7 +41,7 @@ def environment() -> dict:
     "Versions, devices, CPU, threads, flags and environment variables that decide whether runs can be bit-identical"
     import fastai, fastcore
     cuda = torch.cuda.is_available()
-    return dict(python=platform.python_version(), platform=_platform(), torch=torch.__version__,
+    return dict(python=platform.python_version(), platform=system(), torch=torch.__version__,
                 fastai_repro=__version__, # 0.0.2 seeds every batch: its runs differ from 0.0.1's, by design
                 fastai=fastai.__version__, fastcore=fastcore.__version__, numpy=np.__version__,
                 cuda=torch.version.cuda if cuda else None, cudnn=torch.backends.cudnn.version() if cuda else None,
@@ -49,10 +49,6 @@ def environment() -> dict:
                 machine=platform.machine(), cpu=cpu_isa(), kernels=kernel_facts(),
                 threads=thread_facts(), flags=determinism_flags(), precision=precision_flags(),
                 env_vars={k: os.environ.get(k) for k in ENV_VARS}, **_ranks())
-
-def _platform() -> str:
-    "The operating system and C library (not the kernel's build, which changes no number)"
-    return ' '.join([platform.system(), *platform.libc_ver()]).strip()
 
 def _ranks() -> dict:
     "This process's rank and the world size, in distributed training only"

@@ -9,7 +9,7 @@ import base64, copy, difflib, hashlib, html, math, os, platform, re, shutil, tem
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode, portable_possible
+from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode, portable_possible, system
 from .runrecord import write_atomic
 
 # %% auto #0
@@ -240,7 +240,7 @@ def run_environment(env:dict, devices=None) -> dict:
     "What equal bits need of the environment a kernel with environment `env` runs in: machine, versions, kernels"
     mode = kernel_mode(env)
     isa = 'AVX2' if mode == 'portable' else (env.get('ATEN_CPU_CAPABILITY') or cpu_isa() or '').upper() or None
-    return dict(machine=platform.machine(), system=' '.join([platform.system(), *platform.libc_ver()]).strip(),
+    return dict(machine=platform.machine(), system=system(),
                 python='.'.join(platform.python_version_tuple()[:2]),
                 **{p: _version(p) for p in PACKAGES}, kernels=mode, cpu_isa=isa, devices=devices)
 
