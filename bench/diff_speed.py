@@ -6,8 +6,12 @@ of an earlier commit, e.g. `git worktree add /tmp/old 7933b0d`) the same runs ar
 writes itself, for a before/after table.
 
     python bench/diff_speed.py [--rounds 5] [--batches 500000] [--old /tmp/old]
+
+With `--columns 1000000,100000,995` it measures records of 2 batches with that many generator columns instead (issue
+23: 10**6 columns, 15 MB, took over 11 GB and did not finish in 120 s): wall time and peak memory of one `diff` of
+each, in a fresh process per arm, stopped after `--limit` seconds (`/tmp/old` from `git archive HEAD | tar -x`).
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, time, zlib
 from pathlib import Path
 import numpy as np
 
@@ -57,13 +61,56 @@ def timed(code:str, a:Path, b:Path) -> tuple:
     r = subprocess.run([sys.executable, '-W', 'ignore', '-c', cmd, 'diff', str(a), str(b)], capture_output=True, text=True)
     return time.perf_counter() - t, r.returncode, r.stdout.splitlines()[0] if r.stdout else r.stderr[-300:]
 
+def wide(path:Path, n_cols:int, n_rows:int=2) -> Path:
+    "A record of `n_rows` batches with `n_cols` generator columns, CRC and all, as a crafted or damaged file may be"
+    d = lambda o: json.dumps(o, separators=(',', ':')) + '\n'
+    cols = ['fit', 'epoch', 'phase', 'iter'] + [f'rng_{i}' for i in range(n_cols)] + ['loss']
+    body = d({'format': 'fastai_repro.RunRecord', 'version': 2, 'columns': cols}) + d({'fit': facts()})
+    body += ''.join(d([0, 0, 'train', i] + [i] * n_cols + [0.5]) for i in range(n_rows))
+    end = {'end': {'fits': 1, 'events': 0, 'batches': n_rows, 'crc32': zlib.crc32(body.encode())}}
+    path.write_text(body + d(end))
+    return path
+
+def timed_peak(code:str, a:Path, limit:float) -> tuple:
+    "Wall seconds, peak resident MB (Linux) and the exit code or 'timeout' of `fastai-repro diff a a` running `code`"
+    cmd = (f'import sys, resource; sys.path.insert(0, {code!r}); from fastai_repro.cli import main; '
+           'rc = main(sys.argv[1:]); '
+           'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)')
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, '-W', 'ignore', '-c', cmd, 'diff', str(a), str(a)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    peak = 0
+    try:
+        while p.poll() is None: # the peak from /proc while it runs: a process stopped at the limit reports none
+            if time.perf_counter() - t > limit: p.kill(); p.wait(); return limit, peak, 'timeout'
+            try: peak = max(peak, int(Path(f'/proc/{p.pid}/status').read_text().split('VmHWM:')[1].split()[0]) // 1024)
+            except (OSError, IndexError, ValueError): pass
+            time.sleep(0.05)
+        err = p.stderr.read().split() # the last word: ru_maxrss in KB
+        peak = max(peak, int(err[-1]) // 1024 if err and err[-1].isdigit() else 0)
+        return time.perf_counter() - t, peak, p.returncode
+    finally: p.stderr.close()
+
+def main_wide(arms:dict, columns:list, limit:float):
+    "Time and peak memory of `diff` on records of `columns` generator columns, each arm on the same files"
+    tmp = Path(tempfile.mkdtemp())
+    for n in columns:
+        f = wide(tmp/f'wide{n}.jsonl', n)
+        for name, code in arms.items():
+            s, mb, rc = timed_peak(code, f, limit)
+            print(f'{name:>4} {n:>8} columns ({f.stat().st_size/1e6:5.1f} MB): {s:7.2f} s, peak {mb:6d} MB, exit {rc}')
+        f.unlink()
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--rounds', type=int, default=5); p.add_argument('--batches', type=int, default=500_000)
     p.add_argument('--old', default=None, help='a checkout of an earlier commit, to measure before/after')
+    p.add_argument('--columns', default=None, help='comma-separated column counts: measure wide records instead')
+    p.add_argument('--limit', type=float, default=120, help='seconds a wide diff may run (with --columns)')
     args = p.parse_args()
     arms = {'new': str(Path(__file__).resolve().parents[1])}
     if args.old: arms['old'] = str(Path(args.old).resolve())
+    if args.columns: return main_wide(arms, [int(n) for n in args.columns.split(',')], args.limit)
     tmp = Path(tempfile.mkdtemp())
     for name, code in arms.items():
         (tmp/name).mkdir(); t = time.perf_counter(); write(tmp/name, code, args.batches)

@@ -8,6 +8,10 @@ Then the overhead of the `fp32` fit with and without the callback (recording eve
 Issue 14: `resume` (an `fp32` fit that crashes at training batch 5, with a checkpoint every 2 batches, goes on from
 its last checkpoint in this process and must end bit-identical to the fit that never crashed, record included) and
 the time to seed one batch from its key with every generator of the device started.
+Issue 25: `resume_fp16` (the same with `to_fp16()`: the gradient scaler's state in the checkpoint); `strict`
+(`ReproducibleCallback(21, strict=True)`, torch raising on any kernel without a deterministic implementation, with
+`vision_learner`'s default head and with `unet_learner`: two runs each, whether they ran and were bit-identical, or
+the error); `cublas_late` (what the callback's probe says after the runs); and every warning, as before.
 On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
 tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
@@ -21,9 +25,11 @@ from fastai.data.core import DataLoaders, TfmdDL
 from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorCategory, TensorImage
 from fastai.vision.augment import aug_transforms
-from fastai.vision.learner import vision_learner
-from fastai.vision.models import resnet34
+from fastai.torch_core import TensorMask
+from fastai.vision.learner import unet_learner, vision_learner
+from fastai.vision.models import resnet18, resnet34
 from fastai_repro.all import ReproducibleCallback, compare, weights_equal
+from fastai_repro.determinism import cublas_late
 from fastai_repro.seeding import batch_seed, model_generators, seed_batch
 
 def synthetic(n, size, seed):
@@ -65,20 +71,47 @@ class Crash(Callback):
     def before_batch(self):
         if Crash.on and self.training and self.iter == 5: raise RuntimeError('crashed at batch 5')
 
-def resume_check(cfg) -> dict:
+def resume_check(cfg, scenario='fp32') -> dict:
     "A fit that crashed at batch 5 goes on from its last checkpoint and ends as the fit that did not crash"
-    full, _ = run(cfg, True, extra=[Crash()], compare_previous=False)
+    full, _ = run(cfg, True, scenario, extra=[Crash()], compare_previous=False)
     folder = tempfile.mkdtemp()
     Crash.on = True
-    try: run(cfg, True, extra=[Crash()], checkpoint_every=2, checkpoint_dir=folder)
+    try: run(cfg, True, scenario, extra=[Crash()], checkpoint_every=2, checkpoint_dir=folder)
     except RuntimeError as e: assert 'crashed at batch 5' in str(e)
     finally: Crash.on = False
-    resumed, _ = run(cfg, True, extra=[Crash()], resume_from=folder)
+    resumed, _ = run(cfg, True, scenario, extra=[Crash()], resume_from=folder)
     gens = model_generators()
     us = min(timeit.repeat(lambda: seed_batch(batch_seed(12345, 7), gens), number=2000, repeat=5)) / 2000 * 1e6
     return dict(resumed_bit_identical=weights_equal(full.model, resumed.model),
                 resumed_records_same=compare(full.reproducible.record, resumed.reproducible.record).same,
                 seed_batch_us=us, generators_seeded=len(gens))
+
+def unet_run(cfg, **cb_kw):
+    "One fit_one_cycle(1) of `unet_learner(resnet18)` on random images and two-class masks, with the callback"
+    g = torch.Generator().manual_seed(2)
+    n, size = cfg['n'] // 4, cfg['size']
+    x, y = torch.rand(n, 3, size, size, generator=g), torch.randint(0, 2, (n, size, size), generator=g)
+    items = [(TensorImage(x[i]), TensorMask(y[i])) for i in range(n)]
+    dls = DataLoaders(TfmdDL(items, bs=cfg['bs'] // 2, shuffle=True, device=cfg['device']),
+                      TfmdDL(items[:cfg['bs']], bs=cfg['bs'] // 2, device=cfg['device']), device=cfg['device'])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn = unet_learner(dls, resnet18, pretrained=False, n_out=2, normalize=False,
+                             loss_func=CrossEntropyLossFlat(axis=1), cbs=ReproducibleCallback(21, **cb_kw))
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1)
+    for w in caught: WARNINGS.setdefault(f'{w.category.__name__}: {w.message}', f'{w.filename}:{w.lineno}')
+    return learn
+
+def strict_check(cfg) -> dict:
+    "`strict=True` with fastai's default vision head and with a U-Net: two runs each; ran, bit-identical, or the error"
+    out = {}
+    for name, fit in (('vision_learner', lambda: run(cfg, True, strict=True, compare_previous=False)[0]),
+                      ('unet_learner', lambda: unet_run(cfg, strict=True, compare_previous=False))):
+        try:
+            a, b = fit(), fit()
+            out[name] = dict(ran=True, bit_identical=weights_equal(a.model, b.model))
+        except RuntimeError as e: out[name] = dict(ran=False, error=f'{type(e).__name__}: {e}'[:400])
+    return out
 
 def main():
     ap = argparse.ArgumentParser()
@@ -102,9 +135,13 @@ def main():
                              without_callback_differ=not weights_equal(c.model, d.model))
         ok = ok and all(r[k] for k in ('with_callback_bit_identical', 'with_callback_records_equal', 'without_callback_differ'))
         print(name, json.dumps(r), flush=True)
-    r = res['resume'] = resume_check(cfg)
-    ok = ok and r['resumed_bit_identical'] and r['resumed_records_same']
-    print('resume', json.dumps(r), flush=True)
+    for name, scenario in (('resume', 'fp32'), ('resume_fp16', 'fp16')):
+        r = res[name] = resume_check(cfg, scenario)
+        ok = ok and r['resumed_bit_identical'] and r['resumed_records_same']
+        print(name, json.dumps(r), flush=True)
+    res['strict'] = strict_check(cfg)
+    print('strict', json.dumps(res['strict']), flush=True)
+    res['cublas_late'] = cublas_late()
     ratios, secs = [], []
     for i in range(args.pairs):
         order = (True, False) if i % 2 else (False, True)

@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import ReproducibleCallback, make_digits_folder, digits_dls
-from fastai_repro.checkpoint import checkpoint_name
+from fastai_repro.checkpoint import checkpoints
 
 class FirstBatch(Callback):
     "While `FirstBatch.on`: notes when the first training batch begins, then stops the fit"
@@ -30,10 +30,14 @@ def learner(cb) -> Learner:
     return Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)), loss_func=CrossEntropyLossFlat(),
                    cbs=[cb, FirstBatch()])
 
+def at(batch:int) -> Path:
+    "The checkpoint from which the run goes on with training batch `batch` of epoch 0"
+    return next(p for p in checkpoints(ck) if p.name.endswith(f'-fit000-epoch0000-batch{batch:06d}.ckpt'))
+
 def resume(batch:int) -> float:
     "Seconds from building the callback (resuming from the checkpoint before `batch` unless 0) to that batch's start"
     t = time.perf_counter()
-    learn = learner(ReproducibleCallback(21, resume_from=ck/checkpoint_name(0, 0, batch) if batch else None))
+    learn = learner(ReproducibleCallback(21, resume_from=at(batch) if batch else None))
     with learn.no_bar(), learn.no_logging(): learn.fit(1)
     assert learn.iter == batch
     return learn.first_batch.at - t

@@ -10,19 +10,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import patch, store_attr
-from fastai.callback.core import Callback, TrainEvalCallback
+from fastcore.foundation import L
+from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
     derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
     finalize, distributed, model_generators, batch_seed, seed_batch, MASK32, _unwrap)
 from .keyed_data import isolate_loader, give_back, release_loader
-from .determinism import kernel_mode, kernels_late
+from .determinism import kernel_mode, kernels_late, cublas_late
 from .compare import INTENDED, compare
 from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
-from fastai_repro.digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
-    weights_digest)
-from .facts import fit_facts, jsonable
-from .fastai_patches import current_entries, entries, on_entry_exit, resume_at
+from .digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
+    weights_digest, arch_digest)
+from .facts import fit_facts, jsonable, data_facts, contents_seen
+from .fastai_patches import (current_entries, entries, on_entry_exit, resume_at, deterministic_pools,
+    restore_pools, check_tested_versions)
 from .checkpoint import Checkpointer, Resume
 from .nbcheck import kernel_record_path
 
@@ -49,6 +51,7 @@ class FitScope:
     "What one `before_fit` of a `ReproducibleCallback` changed, and how to undo it"
     cb:Callback; learn:Learner; kind:str; idx:int; seed:int
     flags:dict|None = None # determinism flags to restore
+    pools:list = field(default_factory=list) # max poolings given a deterministic forward (`deterministic_pools`)
     rng:dict|None = None # generator state to restore (isolated fits)
     grads:list = field(default_factory=list) # parameters whose `.grad` goes back to `None`
     facts:dict|None = None # what the record keeps of a training fit
@@ -64,6 +67,7 @@ class FitScope:
     gens:list = field(default_factory=list) # torch's generators each batch seeds (`model_generators`)
     resumed:bool = False # this fit goes on from the checkpoint of `resume_from`
     restored:bool = False # the checkpoint's state was put back just before this batch
+    hidden:list|None = None # a fit skipped by a resumed run: the learner's callbacks, whose events it skips
 
 # %% ../nbs/03_callback.ipynb #152ef0c3
 def _close_scopes(learn, entry:list, exc:BaseException|None):
@@ -160,11 +164,13 @@ class ReproducibleCallback(Callback):
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
         _check_resuming(checkpoint_every, checkpoint_dir, keep, resume_from, first_fit, isolate_data)
+        check_tested_versions()
         store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data,per_rank')
         self.n_fit,self._restored = first_fit,False # `n_fit`: training fits so far
         self._init_state()
-        self._ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, checkpoint_every, keep)
         self._resume = None if resume_from is None else Resume(resume_from, self.seed)
+        run = None if self._resume is None else self._resume.run # a resumed run writes on under its run's name
+        self._ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, checkpoint_every, keep, run)
         self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
         if reference is not None: self._ref = reference if isinstance(reference, RunRecord) else RunRecord.load(reference)
         on_entry_exit(_close_scopes) # closes what a fit or an inference call that raised left open
@@ -191,6 +197,7 @@ class ReproducibleCallback(Callback):
     def after_create(self):
         "At `Learner` creation: warn if the model was built before this callback seeded"
         self._attach(creating=True)
+        if self._resume is not None: self._check_resume()
         if torch_fingerprint() == self._seeded and any(True for _ in self.learn.model.parameters()):
             self._event('attached_after_model', 'the model was built before ReproducibleCallback seeded, so its initial '
                         'weights were not covered; create the callback in the call that builds the model, e.g. '
@@ -199,15 +206,19 @@ class ReproducibleCallback(Callback):
     def before_fit(self):
         kind = fit_kind(self.learn)
         if kind is None: return # fired by hand: nothing seeded, nothing locked, nothing to put back
+        if kind != 'train' and self._resume is not None and (why := self._resume.unreached()) is not None:
+            raise ReproducibilityError(f'ReproducibleCallback: {why}')
         if self._learner is None or self._learner() is not self.learn: self._attach()
         sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit))
         sc.entry = current_entries(self.learn)[-1]
         if self.deterministic:
-            sc.flags = lock_determinism(self.strict)
-            if sc.flags[CUBLAS_ENV] is None and torch.cuda.is_initialized() and not self._state.get('cublas_warned'):
+            sc.flags, sc.pools = lock_determinism(self.strict), deterministic_pools(self.model)
+            if not self._state.get('cublas_warned') and cublas_late(): # torch read the setting before it was set
                 self._state['cublas_warned'] = True
-                self._event('cublas_late', f'CUDA started before {CUBLAS_ENV} was set, so cuBLAS may not use it; set '
-                            f'{CUBLAS_ENV}=:4096:8 in the environment before the first GPU operation')
+                self._event('cublas_late', f'a matrix product ran on the GPU before {CUBLAS_ENV} was set, and torch '
+                            f'keeps the setting it read then: matrix products on the GPU are not deterministic in this '
+                            f'process. Set {CUBLAS_ENV}=:4096:8 in the environment before the first GPU matrix '
+                            f'product (in the shell, or at the top of the script)')
         if kind == 'train' and kernel_mode() == 'portable' and not self._state.get('kernels_checked'):
             self._state['kernels_checked'] = True # portable mode asked for, once: did it come in time?
             for msg in kernels_late(): self._event('kernels_late', msg)
@@ -222,7 +233,7 @@ class ReproducibleCallback(Callback):
                 self._ref = _previous.get(self._key)
             self.n_fit += 1
             self._check_ranks(sc) # first: every rank must reach the collective
-            if self._resume is not None: self._resume_fit(sc)
+            if self._resume is not None: self._resume_fit(sc) # raises `CancelFitException` to skip a fit
             if not sc.resumed and not (self._resume and self._resume.start(sc.idx)): self._guard(self._start_facts, sc)
             self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
@@ -294,7 +305,7 @@ class ReproducibleCallback(Callback):
     def after_cancel_fit(self):
         "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
         sc = self._scope()
-        if not sc or sc.kind != 'train': return
+        if not sc or sc.kind != 'train' or sc.hidden is not None: return # a skipped fit: nothing ran
         sc.end = _stopped(sc, 'cancelled', 'CancelFitException')
         if sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
 
@@ -303,6 +314,16 @@ class ReproducibleCallback(Callback):
         sc = self._scope()
         if sc: self._close(sc)
 
+    def _check_resume(self):
+        "As the learner is built: raise unless its data set, model and epoch length are the checkpoint's run's"
+        learn = self.learn
+        self._resume.check_learner(dict(**data_facts(learn.dls), architecture=arch_digest(learn.model)),
+                                   len(learn.dls.train))
+        if not contents_seen(learn.dls.train.dataset):
+            self._event('data_unseen', f'the resume checks the data set only by its number of items: a '
+                        f'{type(learn.dls.train.dataset).__name__} has no .items and no .tensors to check; make sure '
+                        f'the data are those of the run that wrote {self._resume.path}')
+
     def _resume_fit(self, sc:FitScope):
         "A resumed run: check this fit against the checkpoint's run, take its record, skip what it had run"
         r = self._resume
@@ -310,10 +331,17 @@ class ReproducibleCallback(Callback):
         if distributed()[1] > 1:
             raise ReproducibilityError('ReproducibleCallback: resume_from is not supported in distributed training yet; '
                                        'resume at an epoch boundary with learn.load and fit(start_epoch=...)')
-        r.check(sc.idx, fit_facts(self.learn))
         if sc.idx == 0: self.record = r.record # the record so far, in which this run goes on
+        if sc.idx < r.fit: # it ended before the checkpoint: skip it, and every other callback's events in it
+            r.skip(sc.idx, fit_facts(self.learn))
+            self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx} skipped: the checkpoint is in '
+                              f'fit {r.fit}')
+            ran = list(self.learn.cbs.sorted('order')) # the callbacks after this one in order have not run yet
+            sc.hidden, self.learn.cbs = self.learn.cbs, L(ran[:ran.index(self) + 1])
+            raise CancelFitException()
+        r.reach(sc.idx, fit_facts(self.learn))
         resume_at(self.learn, *at)
-        if sc.idx == r.fit: sc.resumed, sc.facts = True, self.record.fits[sc.idx]
+        sc.resumed, sc.facts = True, self.record.fits[sc.idx]
 
     def _check_checkpoints(self):
         "Where checkpoints cannot be resumed from, warn once and write none, rather than fail the fit"
@@ -334,13 +362,30 @@ class ReproducibleCallback(Callback):
 
     def _checkpoint(self, sc:FitScope, batch:int):
         "Write the checkpoint from which this fit goes on with training batch `batch` of the epoch; a failure warns"
+        ck, first = self._ckpt, self._ckpt.written is None
         try:
             self._flush(sc) # the batch rows so far, into the record the checkpoint holds
-            self._ckpt.write(self.learn, self.seed, sc.idx, batch, self.record)
+            ck.write(self.learn, self.seed, sc.idx, batch, self.record)
         except Exception as e:
             if self.strict: raise
-            warnings.warn(f'ReproducibleCallback: checkpoint not written ({type(e).__name__}: {e}); training goes on',
-                          ReproducibilityWarning)
+            ck.failures.append(f'{type(e).__name__}: {e}')
+            if len(ck.failures) == 1:
+                self._event('checkpoint_failed', f'checkpoint not written ({ck.failures[0]}); training goes on, and '
+                            f'the checkpoints not written are counted at the end of the fit')
+            return
+        if first and (others := ck.others(self.seed)):
+            self._event('shared_checkpoint_dir', f'checkpoint_dir={str(ck.folder)!r} also holds checkpoints of '
+                        f'another run with seed {self.seed} ({", ".join(others)}): they are kept; resume_from this '
+                        f'folder takes the run that wrote last')
+
+    def _unwritten(self):
+        "After a fit in which checkpoints failed: say how many, and the latest written, unless one failure said it"
+        ck = self._ckpt
+        n, last = len(ck.failures), (ck.written or [None])[-1]
+        if n > 1: self._event('checkpoints_unwritten', f'{n} checkpoints of fit {self.n_fit - 1} were not written (the '
+                              f"last: {ck.failures[-1]}); the latest written is {last or 'none'}: a run stopped now "
+                              f'resumes from there')
+        ck.failures.clear()
 
 # %% ../nbs/03_callback.ipynb #61808d40
 @patch
@@ -468,6 +513,8 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         try: f(*args)
         except Exception as e: errs.append(e)
     if sc.flags is not None: attempt(set_determinism_flags, sc.flags)
+    attempt(restore_pools, sc.pools)
+    if sc.hidden is not None: sc.learn.cbs = sc.hidden # a skipped fit: the callbacks whose events it skipped
     if sc.kind == 'train': resume_at(sc.learn, None)
     for p in sc.grads: p.grad = None
     for dl in sc.isolated: attempt(release_loader, dl)
@@ -477,6 +524,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
         attempt(self._guard, self._end_facts, sc) # a strict divergence raises: the record is kept and saved all the same
     if sc.kind == 'train':
+        if self._ckpt is not None and self._ckpt.failures: attempt(self._unwritten)
         if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
             _remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)

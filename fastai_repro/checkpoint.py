@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_checkpoint.ipynb #047a72c6
 from __future__ import annotations
-import json, os, re, tempfile
+import atexit, hashlib, json, os, pickle, re, sys, tempfile, weakref, zipfile
 from pathlib import Path
 import numpy as np, torch
 from fastcore.basics import store_attr
@@ -16,10 +16,11 @@ from fastai.callback.tracker import TrackerCallback
 from fastai.callback.training import GradientAccumulation
 from .runrecord import RunRecord, RecordError, new_file_mode
 from .compare import OBSERVERS
+from .digests import text_digest
 
 # %% auto #0
-__all__ = ['FORMAT', 'VERSION', 'learner_state', 'restore_learner', 'checkpoint_name', 'checkpoints', 'write_checkpoint',
-           'read_checkpoint', 'Checkpointer', 'Resume']
+__all__ = ['FORMAT', 'VERSION', 'Stacker', 'learner_state', 'restore_learner', 'run_name', 'checkpoint_name', 'checkpoints',
+           'checkpoint_digest', 'write_checkpoint', 'read_checkpoint', 'Checkpointer', 'Resume']
 
 # %% ../nbs/03a_checkpoint.ipynb #b9d7f077
 _CB_STATE = ((Recorder, ('lrs', 'iters', 'losses', 'values')), (ParamScheduler, ('hps',)),
@@ -33,17 +34,41 @@ def _scalars(o) -> bool:
     return (isinstance(o, list) and bool(o) and all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in o)
             and len({(v.dtype, v.device) for v in o}) == 1)
 
-def _plain(o, placed:bool=False):
+class Stacker:
+    "Stacks a list of 0-d tensors that grows at its end (`Recorder.losses`): each call stacks only the new ones"
+    def __init__(self): self.src, self.n, self.last, self.stacked = None, 0, None, None
+
+    def _fresh(self, o:list) -> bool:
+        "Whether `o` is not the list stacked before, grown at its end"
+        return o is not self.src or len(o) < self.n or (self.n > 0 and o[self.n - 1] is not self.last)
+
+    def __call__(self, o) -> torch.Tensor|None:
+        "`o` stacked into one plain tensor; `None` unless `o` is a list of 0-d tensors of one dtype on one device"
+        if not isinstance(o, list) or not o or not isinstance(o[0], torch.Tensor) or o[0].ndim: return None
+        if self._fresh(o): self.src, self.n, self.stacked = o, 0, None
+        new = o[self.n:]
+        if new and (not _scalars(new) or self.stacked is not None and
+                    (new[0].dtype, new[0].device) != (self.stacked.dtype, self.stacked.device)):
+            self.src = None
+            return None
+        if new:
+            s = torch.stack([v.detach().as_subclass(torch.Tensor) for v in new])
+            self.stacked = s if self.stacked is None else torch.cat([self.stacked, s])
+            self.n, self.last = len(o), o[-1]
+        return self.stacked
+
+def _plain(o, placed:bool=False, stack:Stacker|None=None):
     "`o` with NumPy numbers as Python's, `L` as a list, plain tensors (`placed`: with their device): for `weights_only`"
     if isinstance(o, np.generic): return o.item()
     if isinstance(o, np.ndarray): return o.tolist()
     if isinstance(o, torch.Tensor): # fastai's `TensorBase` is not allowed
         t = o.detach().as_subclass(torch.Tensor)
         return {_ON: str(o.device), 'tensor': t} if placed else t
-    if _scalars(o): # one tensor reads much faster than hundreds
-        return {_STACKED: torch.stack([v.detach().as_subclass(torch.Tensor) for v in o]), _ON: str(o[0].device)}
-    if isinstance(o, dict): return {k: _plain(v, placed) for k, v in o.items()}
-    if isinstance(o, (list, tuple, L)): return (tuple if type(o) is tuple else list)(_plain(v, placed) for v in o)
+    if (s := (stack or Stacker())(o)) is not None: # one tensor reads much faster than hundreds
+        return {_STACKED: s, _ON: str(o[0].device)}
+    if isinstance(o, dict): return {k: _plain(v, placed, stack) for k, v in o.items()}
+    if isinstance(o, (list, tuple, L)):
+        return (tuple if type(o) is tuple else list)(_plain(v, placed, stack) for v in o)
     return o
 
 def _keys(learn:Learner) -> list:
@@ -59,7 +84,7 @@ def _keys(learn:Learner) -> list:
 
 def _accumulates(learn:Learner) -> bool: return any(isinstance(cb, GradientAccumulation) for cb in learn.cbs)
 
-def learner_state(learn:Learner) -> dict:
+def learner_state(learn:Learner, stack:Stacker|None=None) -> dict:
     "What `learn`'s fit needs to go on from here: weights, optimizer, position, callbacks' and metrics' state"
     rec, scaler = getattr(learn, 'recorder', None), learn.__dict__.get('scaler')
     cbs = {k: {n: getattr(cb, n) for n in names if hasattr(cb, n)} for cb, k, names in _keys(learn)}
@@ -69,7 +94,7 @@ def learner_state(learn:Learner) -> dict:
                               scaler=scaler.state_dict() if scaler is not None else None,
                               pct_train=learn.pct_train, train_iter=learn.train_iter)),
                 **_plain(dict(callbacks=cbs, metrics=mets, loss=learn.loss, smooth_loss=learn.__dict__.get('smooth_loss')),
-                         placed=True))
+                         placed=True, stack=stack)) # `stack`: the Recorder's losses, stacked once each
 
 def _unplain(o, dev):
     "`o` as `_plain` took it; each tensor where it was, or on `dev` (the model's device) if it was on an accelerator"
@@ -99,30 +124,85 @@ def restore_learner(learn:Learner, st:dict):
     if st['smooth_loss'] is not None: learn.smooth_loss = _unplain(st['smooth_loss'], dev)
 
 # %% ../nbs/03a_checkpoint.ipynb #e42a1056
-FORMAT, VERSION = 'fastai_repro checkpoint', 1
-_NAME = re.compile(r'fit(\d+)-epoch(\d+)-batch(\d+)\.ckpt')
+_SAME = {'data set': ('items', 'split', 'n_train', 'n_valid', 'dataloaders'), 'model': ('architecture', 'init_weights'),
+         'fit call': ('call', 'n_epoch'), 'training setup': ('learner', 'optimizer', 'loss_func', 'callbacks')}
+_HOW = ('num_workers',) # how the batches are made, not which: keyed batches are the same with any number of workers
 
-def checkpoint_name(fit:int, epoch:int, batch:int) -> str:
-    "The file name of the checkpoint from which a run goes on with training batch `batch` of epoch `epoch` of fit `fit`"
-    return f'fit{fit:03d}-epoch{epoch:04d}-batch{batch:06d}.ckpt'
+def _json(o): return json.loads(json.dumps(o)) # as read back from a record
 
-def checkpoints(folder) -> list:
-    "The checkpoints in `folder`, earliest position first (a file being written, `.*.tmp`, is not one)"
+def _setup(facts:dict, key:str):
+    "Fact `key` as a record holds it: callbacks without those that only display or log, loaders without workers"
+    v = _json(facts.get(key))
+    if key == 'callbacks' and isinstance(v, list): return [c for c in v if c.get('name') not in OBSERVERS]
+    if key == 'dataloaders' and isinstance(v, list):
+        return [{k: x for k, x in d.items() if k not in _HOW} if isinstance(d, dict) else d for d in v]
+    return v
+
+FORMAT, VERSION = 'fastai_repro checkpoint', 2
+_NAME = re.compile(r'(seed(\d+)-[0-9a-f]{8})-fit(\d+)-epoch(\d+)-batch(\d+)\.ckpt')
+
+def run_name(seed:int, facts:dict) -> str:
+    "The name of a run's checkpoints: its seed and a digest of its first fit's setup, `seed21-1a2b3c4d`"
+    setup = {k: _setup(facts, k) for keys in _SAME.values() for k in keys}
+    return f'seed{seed}-{text_digest(json.dumps(setup, sort_keys=True, default=str)) & 0xffffffff:08x}'
+
+def checkpoint_name(run:str, fit:int, epoch:int, batch:int) -> str:
+    "The file name of run `run`'s checkpoint that goes on with training batch `batch` of epoch `epoch` of fit `fit`"
+    return f'{run}-fit{fit:03d}-epoch{epoch:04d}-batch{batch:06d}.ckpt'
+
+def _parse(p:Path) -> tuple|None:
+    "(run, seed, position) of a checkpoint's file name; `None` for any other file"
+    m = _NAME.fullmatch(p.name)
+    return None if m is None else (m[1], int(m[2]), tuple(map(int, m.groups()[2:])))
+
+def _mtime(p:Path) -> int:
+    "When `p` was last written, in ns; 0 if it is gone"
+    try: return p.stat().st_mtime_ns
+    except OSError: return 0
+
+def checkpoints(folder, run:str|None=None, seed:int|None=None) -> list:
+    "The checkpoints in `folder` (of run `run`, of seed `seed`): each run's by position, the run that wrote last last"
     folder = Path(folder)
-    found = [(tuple(map(int, m.groups())), p) for p in (folder.iterdir() if folder.is_dir() else ())
-             if (m := _NAME.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
+    found = [(k, p) for p in (folder.iterdir() if folder.is_dir() else ()) if (k := _parse(p)) is not None
+             and run in (None, k[0]) and seed in (None, k[1])]
+    last = {}
+    for (r, _, _), p in found: last[r] = max(last.get(r, 0), _mtime(p))
+    return [p for k, p in sorted(found, key=lambda o: (last[o[0][0]], o[0][0], o[0][2]))]
 
 # %% ../nbs/03a_checkpoint.ipynb #c2e340e0
-def write_checkpoint(path, seed:int, position:dict, record:RunRecord, state:dict) -> Path:
+def _feed(h, o):
+    "Feed `o`, a checkpoint's contents (dicts, lists, tensors, bytes, numbers, text), into hash `h`, in order"
+    if isinstance(o, torch.Tensor):
+        t = o.detach().cpu().contiguous().reshape(-1)
+        h.update(f'T{t.dtype}{tuple(o.shape)}:'.encode())
+        h.update((t if t.dtype == torch.bool else t.view(torch.uint8)).numpy().tobytes() if t.numel() else b'')
+    elif isinstance(o, dict):
+        h.update(b'{%d' % len(o))
+        for k, v in o.items(): _feed(h, k); _feed(h, v)
+    elif isinstance(o, list) and all(type(v) in (int, float) for v in o): h.update(b'N' + repr(o).encode()) # lrs
+    elif isinstance(o, (list, tuple)):
+        h.update(b'[%d' % len(o) if isinstance(o, list) else b'(%d' % len(o))
+        for v in o: _feed(h, v)
+    elif isinstance(o, bytes): h.update(b'B%d:' % len(o)); h.update(o)
+    else: h.update(repr((type(o).__name__, o)).encode() + b';')
+
+def checkpoint_digest(ck:dict) -> str:
+    "BLAKE2b digest of everything in checkpoint `ck` but its digest: every tensor's bytes, the position, the record"
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(k for k in ck if k != 'digest'): _feed(h, k); _feed(h, ck[k])
+    return h.hexdigest()
+
+def write_checkpoint(path, seed:int, run:str, position:dict, record:RunRecord, state:dict) -> Path:
     "Write a checkpoint to `path` through a temporary file in its folder, synced, then renamed"
     path = Path(path)
+    ck = dict(format=FORMAT, version=VERSION, seed=seed, run=run, position=position, record=record.to_bytes(),
+              state=state)
+    ck['digest'] = checkpoint_digest(ck)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         os.chmod(tmp, new_file_mode())
         with os.fdopen(fd, 'wb') as f:
-            torch.save(dict(format=FORMAT, version=VERSION, seed=seed, position=position, record=record.to_bytes(),
-                            state=state), f)
+            torch.save(ck, f)
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
@@ -130,52 +210,88 @@ def write_checkpoint(path, seed:int, position:dict, record:RunRecord, state:dict
     return path
 
 _POSITION = ('fit', 'epoch', 'batch', 'n_iter', 'n_epoch')
+_FOREIGN = 'not a fastai_repro checkpoint'
+
+def _load(path:Path) -> dict:
+    "What `torch.load` reads from `path` with `weights_only=True`; why not, in words, as a `RecordError`"
+    def fail(msg): raise RecordError(path, None, msg)
+    if not path.is_file(): fail('not a file')
+    if not zipfile.is_zipfile(path): fail(f'{_FOREIGN}: damaged, cut short, or another kind of file')
+    try: return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError: # PyTorch's message advises loading it unsafely: never here
+        fail(f'{_FOREIGN} (a `learn.save` file, or another pickle?): it holds Python objects a checkpoint never '
+             f'holds, so it was not loaded')
+    except Exception as e: fail(f'{_FOREIGN}: damaged, or written by another program ({type(e).__name__})')
+
+def _position_problem(pos:dict, rec:RunRecord) -> str|None:
+    "What makes position `pos` disagree with itself or with the record `rec` it was written with; `None` if nothing"
+    f, e, b, n, ne = (pos[k] for k in _POSITION)
+    if f < 0 or not 0 <= e < ne or not 1 <= b <= n: return f'its position {pos} is impossible'
+    if len(rec.fits) != f + 1: return f'its position is in fit {f}, but its record holds {len(rec.fits)} fits'
+    if (n_rec := rec.fits[f].get('n_epoch')) != ne: return f'its position says {ne} epochs, its record {n_rec}'
+    df = rec.batches
+    if not len(df) or not {'fit', 'epoch', 'phase', 'iter'} <= set(df.columns): return None
+    df = df[df.fit == f]
+    ahead = df[(df.epoch > e) | ((df.epoch == e) & ((df.phase == 'valid') | (df.iter >= b))) | (df.iter >= n)]
+    if len(ahead):
+        r = ahead.iloc[0]
+        return (f'its record holds {r.phase} batch {r.iter} of epoch {r.epoch}, which its position (epoch {e}, '
+                f'batch {b} of {n}) says is still to come')
 
 def read_checkpoint(path) -> dict:
     "The checkpoint at `path`, its record read; a damaged or foreign file raises `RecordError`"
     path = Path(path)
     def fail(msg): raise RecordError(path, None, msg)
-    try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: fail(f'not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})')
-    if not isinstance(ck, dict) or ck.get('format') != FORMAT: fail('not a fastai_repro checkpoint')
-    if ck.get('version') != VERSION: fail(f"checkpoint version {ck.get('version')!r}; this fastai_repro reads {VERSION}")
+    ck = _load(path)
+    if not isinstance(ck, dict) or ck.get('format') != FORMAT:
+        fail(f'{_FOREIGN} (a `learn.save` or `torch.save` file?)')
+    if ck.get('version') != VERSION:
+        fail(f"checkpoint version {ck.get('version')!r}; this fastai_repro reads {VERSION}")
+    if ck.get('digest') != checkpoint_digest(ck):
+        fail('damaged: its contents do not match the digest written with them')
     pos = ck.get('position')
     if not isinstance(pos, dict) or any(type(pos.get(k)) is not int for k in _POSITION): fail('its position is damaged')
     if type(ck.get('seed')) is not int or not isinstance(ck.get('state'), dict) or type(ck.get('record')) is not bytes:
         fail('its seed, state or record is missing')
-    return {**ck, 'record': RunRecord.from_bytes(ck['record'], path)}
+    if not isinstance(ck.get('run'), str) or _parse(Path(checkpoint_name(ck['run'], 0, 0, 0))) is None:
+        fail(f"its run name {ck.get('run')!r} is damaged")
+    rec = RunRecord.from_bytes(ck['record'], path)
+    if (why := _position_problem(pos, rec)) is not None: fail(why)
+    return {**ck, 'record': rec}
 
 # %% ../nbs/03a_checkpoint.ipynb #9b975eeb
 class Checkpointer:
-    "Writes a fit's checkpoints into `folder`: every `every` training batches and after each epoch's training"
-    def __init__(self, folder, every:int=0, keep:int=3): store_attr(); self.written = []
+    "Writes run `run`'s checkpoints into `folder`: every `every` training batches and after each epoch's training"
+    def __init__(self, folder, every:int=0, keep:int=3, run:str|None=None):
+        store_attr(); self.written, self.failures, self.stack = None, [], Stacker()
 
     def due(self, learn:Learner) -> bool:
         "Whether a checkpoint is due before `learn`'s next training batch (not at an epoch's start: one was just taken)"
         return bool(self.every) and learn.iter > 0 and learn.train_iter % self.every == 0
 
+    def others(self, seed:int) -> list:
+        "Other runs of seed `seed` with checkpoints in the folder: `resume_from=folder` takes the last one written"
+        return sorted({_parse(p)[0] for p in checkpoints(self.folder, seed=seed)} - {self.run})
+
+    def _start(self, seed:int, record:RunRecord):
+        "Name this run (unless it resumed one), find the checkpoints it wrote before, remove its half-written ones"
+        if self.run is None: self.run = run_name(seed, record.fits[0])
+        folder = Path(self.folder); folder.mkdir(parents=True, exist_ok=True)
+        for p in folder.glob(f'.{self.run}-*.tmp'): p.unlink(missing_ok=True) # a kill while writing left it
+        self.written = checkpoints(folder, run=self.run) # before a resume too: `keep` counts them
+
     def write(self, learn:Learner, seed:int, fit:int, batch:int, record:RunRecord) -> Path:
         "Write the checkpoint from which `learn` goes on with training batch `batch` of this epoch; drop the oldest"
-        folder = Path(self.folder); folder.mkdir(parents=True, exist_ok=True)
+        if self.written is None: self._start(seed, record)
         pos = dict(fit=fit, epoch=learn.epoch, batch=batch, n_iter=learn.n_iter, n_epoch=learn.n_epoch)
-        path = folder/checkpoint_name(fit, learn.epoch, batch)
-        write_checkpoint(path, seed, pos, record, learner_state(learn))
+        path = Path(self.folder)/checkpoint_name(self.run, fit, learn.epoch, batch)
+        write_checkpoint(path, seed, self.run, pos, record, learner_state(learn, self.stack))
         self.written = [p for p in self.written if p != path] + [path]
         for old in self.written[:-self.keep]: old.unlink(missing_ok=True)
         self.written = self.written[-self.keep:]
         return path
 
 # %% ../nbs/03a_checkpoint.ipynb #8feecb54
-_SAME = {'data set': ('items', 'split', 'n_train', 'n_valid', 'dataloaders'), 'model': ('architecture', 'init_weights'),
-         'fit call': ('call', 'n_epoch'), 'training setup': ('learner', 'optimizer', 'loss_func', 'callbacks')}
-
-def _json(o): return json.loads(json.dumps(o)) # as read back from a record
-
-def _setup(facts:dict, key:str):
-    "Fact `key` as a record holds it; the callbacks without those that only display or log"
-    v = _json(facts.get(key))
-    return [c for c in v if c.get('name') not in OBSERVERS] if key == 'callbacks' and isinstance(v, list) else v
-
 def _first_difference(a, b, path:str='') -> str:
     "Where `a` (the checkpoint's) and `b` (this run's) first differ, and both values there, shortened"
     if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
@@ -188,44 +304,89 @@ def _first_difference(a, b, path:str='') -> str:
                 f'{sorted(set(na) - set(nb))}, only now: {sorted(set(nb) - set(na))}')
     return f'{path.lstrip(".") or "value"}: {json.dumps(a)[:120]} in the checkpoint, {json.dumps(b)[:120]} now'
 
+def _calls(facts:dict) -> str:
+    "A fit's call as a user wrote it, e.g. `fit_one_cycle(n_epoch=2)`"
+    c = (facts.get('call') or [{}])[0]
+    return f"{c.get('method', '?')}({', '.join(f'{k}={v!r}' for k, v in (c.get('args') or {}).items())})"
+
+def _find(p:Path, seed:int) -> Path:
+    "The checkpoint `p` names: a file, or in a folder the last checkpoint of the run of seed `seed` that wrote last"
+    if not p.exists():
+        raise ValueError(f"resume_from={str(p)!r} does not exist; pass a checkpoint file or a run's checkpoint_dir")
+    if not p.is_dir(): return p
+    if found := checkpoints(p, seed=seed): return found[-1]
+    seeds = sorted({k[1] for q in checkpoints(p) if (k := _parse(q))})
+    raise ValueError(f"resume_from={str(p)!r}: no checkpoint of seed {seed} in this folder" +
+                     (f' (it holds checkpoints of seed {seeds}: resume with the seed they ran with)' if seeds else
+                      "; pass a run's checkpoint_dir or a checkpoint file"))
+
+def _at_exit(ref):
+    "At interpreter exit: say that the resume `ref` (a weak reference) never reached its checkpoint, if it did not"
+    if (r := ref()) is not None and (why := r.unreached()) is not None:
+        print(f'ReproducibleCallback: error: {why}', file=sys.stderr, flush=True)
+
 class Resume:
     "A run resumed from checkpoint `path` (a file, or the latest in a folder): checks, skips and restores its fits"
     def __init__(self, path, seed:int):
-        p = Path(path)
-        if p.is_dir():
-            if not (found := checkpoints(p)):
-                raise ValueError(f"resume_from={str(p)!r}: no checkpoint in this folder; pass a run's checkpoint_dir "
-                                 f"or a checkpoint file")
-            p = found[-1]
-        elif not p.exists():
-            raise ValueError(f"resume_from={str(p)!r} does not exist; pass a checkpoint file or a run's checkpoint_dir")
+        p = _find(Path(path), seed)
         self.path, self.ck = p, read_checkpoint(p)
         if self.ck['seed'] != seed:
             raise ValueError(f"the checkpoint {p} was written by a run with seed {self.ck['seed']}, not {seed}: resume "
                              f"with the seed it ran with, ReproducibleCallback({self.ck['seed']}, resume_from=...)")
         pos = self.ck['position']
         self.fit, self.epoch, self.batch, self.n_iter = pos['fit'], pos['epoch'], pos['batch'], pos['n_iter']
-        self.record, self.done = self.ck['record'], False
+        self.record, self.run = self.ck['record'], self.ck['run']
+        self.done, self.reached, self.skipped = False, False, []
 
-    def check(self, idx:int, facts:dict):
-        "Raise unless training fit `idx` of this run is the one the checkpoint's run made"
+    def check(self, idx:int, facts:dict, what:dict=_SAME):
+        "Raise unless training fit `idx` of this run is the one the checkpoint's run made, in the facts of `what`"
         old = self.record.fits[idx] if idx < len(self.record.fits) else {}
-        for what, keys in _SAME.items():
+        for name, keys in what.items():
             bad = [k for k in keys if (k != 'init_weights' or idx == 0) and _setup(old, k) != _setup(facts, k)]
             if not bad: continue
             where = _first_difference(_setup(old, bad[0]), _setup(facts, bad[0]))
-            raise ValueError(f"the checkpoint {self.path} is from another {what}: fit {idx} differs in {', '.join(bad)} "
-                             f"({where}). Resume with the script that wrote it, or start afresh without resume_from")
+            raise ValueError(f"the checkpoint {self.path} is from another {name}: fit {idx} differs in "
+                             f"{', '.join(bad)} ({where}). Resume with the script that wrote it, or start afresh "
+                             f"without resume_from")
+
+    def check_learner(self, facts:dict, n_iter:int):
+        "Raise, as the learner is built, unless its data set and model are those of the checkpoint's run"
+        self.check(0, facts, {'data set': _SAME['data set'], 'model': ('architecture',)})
+        self.check_epoch(n_iter)
+
+    def check_epoch(self, n_iter:int):
+        "Raise unless an epoch has as many training batches as the checkpoint's"
+        if n_iter != self.n_iter:
+            raise ValueError(f'the checkpoint {self.path} was taken with {self.n_iter} training batches an epoch, '
+                             f'this run has {n_iter}: another data set or batch size')
 
     def start(self, idx:int) -> tuple|None:
         "(epoch, batch) where training fit `idx` starts; `None`: from the start (the checkpoint is behind)"
         if self.done or idx > self.fit: return None
         return (self.epoch, self.batch) if idx == self.fit else (10**9, 0) # a fit that had ended: none of its epochs
 
+    def skip(self, idx:int, facts:dict):
+        "Check training fit `idx`, which ended before the checkpoint, and note that it is skipped"
+        self.check(idx, facts)
+        if not self.skipped: atexit.register(_at_exit, weakref.ref(self)) # a script that stops short: say so
+        self.skipped.append(idx)
+
+    def reach(self, idx:int, facts:dict):
+        "Check training fit `idx`, the one the checkpoint was taken in"
+        self.check(idx, facts)
+        self.reached = True
+
+    def unreached(self) -> str|None:
+        "Why this run is not trained, when it skipped fits and has not reached the checkpoint's; else `None`"
+        if self.reached or not self.skipped: return None
+        done = ', '.join(map(str, self.skipped))
+        return (f'resume_from={str(self.path)!r} was taken in fit {self.fit} ({_calls(self.record.fits[self.fit])} in '
+                f'the run that wrote it), but this run has skipped fit {done} and not reached fit {self.fit}: nothing '
+                f'was restored and the model is untrained. Run every fit the run that wrote the checkpoint ran')
+
+
     def restore(self, learn:Learner):
         "Put `learn` in the checkpoint's state, once"
-        if len(learn.dls.train) != self.n_iter:
-            raise ValueError(f'the checkpoint {self.path} was taken with {self.n_iter} training batches an epoch, '
-                             f'this run has {len(learn.dls.train)}: another data set or batch size')
+        self.check_epoch(len(learn.dls.train))
         restore_learner(learn, self.ck['state'])
         self.done = True

@@ -13,7 +13,7 @@ from .compare import compare
 from .determinism import portable_kernels
 
 # %% auto #0
-__all__ = ['EpochTable', 'demo_run', 'demo', 'diff', 'check_notebooks', 'main']
+__all__ = ['EpochTable', 'demo_run', 'demo', 'diff', 'check_notebooks', 'version_text', 'main']
 
 # %% ../nbs/05_cli.ipynb #0cfa9418
 class EpochTable:
@@ -82,7 +82,7 @@ def demo(seed:int=21, epochs:int=1, arch:str='resnet18', data:str|None=None, siz
 
 # %% ../nbs/05_cli.ipynb #2acc35b9
 def diff(a, b) -> int:
-    "Print why the runs saved in files `a` and `b` differ; exit code 0 same, 1 differ, 2 bad input or error"
+    "Print why the runs saved in files `a` and `b` differ; exit 0 same, 1 differ, 2 bad input, nothing compared, error"
     try:
         c = compare(Path(a), Path(b))
         sys.stdout.reconfigure(errors='backslashreplace') # a fact's text this console cannot show is no failure
@@ -94,15 +94,20 @@ def diff(a, b) -> int:
         traceback.print_exc()
         print(f'fastai-repro diff: internal error ({type(e).__name__}: {e}); please report it', file=sys.stderr)
         return 2
+    if c.cannot_tell: # a record with nothing in it: not a difference, but nothing to compare
+        print(f'fastai-repro diff: cannot tell whether the runs differ: {c.cannot_tell}', file=sys.stderr)
+        return 2
     return 0 if c.same else 1
 
 # %% ../nbs/05_cli.ipynb #7b1c2d3e
 def check_notebooks(paths, update:bool=False, n_workers:int=1, timeout:int=600, native:bool=False,
                     rtol:float|None=None) -> int:
-    "Print what `nbcheck` finds in `paths`; exit 0 all match, 1 some differ, 2 an error, 3 could not be checked here"
+    "Print what `nbcheck` finds in `paths`; exit 0 all match or updated, 1 some differ, 2 error, 3 not checkable here"
     from fastai_repro.nbcheck import nbcheck, report, worst
     missing = [p for p in paths if not Path(p).exists()]
     bad = (f'--n-workers must be at least 1, got {n_workers}' if n_workers < 1 else
+           f'--timeout must be a number of seconds above 0, got {timeout}: 0 or less would let a cell run forever; '
+           f'pass a limit such as --timeout 600' if not 0 < timeout < float('inf') else
            f'--rtol must be a number >= 0, got {rtol}' if rtol is not None and not rtol >= 0 else
            f'no such notebook or folder: {missing[0]}' if missing else None)
     results = [] if bad else nbcheck(paths, update, n_workers, timeout, native, rtol)
@@ -113,8 +118,21 @@ def check_notebooks(paths, update:bool=False, n_workers:int=1, timeout:int=600, 
     return worst(r.status for r in results)
 
 # %% ../nbs/05_cli.ipynb #f9e2359e
+def _installed(pkg:str) -> str:
+    "The version of `pkg` installed here, read from its metadata (nothing imported); 'not installed' if none"
+    from importlib.metadata import version, PackageNotFoundError
+    try: return version(pkg)
+    except PackageNotFoundError: return 'not installed'
+
+def version_text() -> str:
+    "What `fastai-repro --version` prints: this package's version, and fastai's and torch's"
+    from fastai_repro import __version__
+    return f"fastai_repro {__version__} (fastai {_installed('fastai')}, torch {_installed('torch')})"
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fastai-repro', description='Reproducible fastai training.')
+    p.add_argument('--version', action='version', version=version_text(), help="show this package's, fastai's and "
+                   "torch's versions and exit")
     sub = p.add_subparsers(dest='cmd', required=True)
     d = sub.add_parser('demo', help='train twice with and without ReproducibleCallback and compare')
     d.add_argument('--seed', type=int, default=21, help='seed in [0, 2**32)')
@@ -130,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument('paths', nargs='+', help='notebooks, or folders to search for them')
     n.add_argument('--update', action='store_true', help='write the new outputs into the notebooks that differ')
     n.add_argument('--n-workers', type=int, default=1, help='notebooks executed at a time, each in its own kernel')
-    n.add_argument('--timeout', type=int, default=600, help="seconds a cell may run")
+    n.add_argument('--timeout', type=int, default=600,
+                   help="seconds a cell may run (above 0); a cell that runs longer stops its notebook's check (exit 2)")
     n.add_argument('--native', action='store_true', help="the CPU's own kernels (default: portable, the AVX2 baseline)")
     n.add_argument('--rtol', type=float, default=None,
                    help='where equal bits are impossible (saved in another environment), compare numbers within it')
@@ -142,6 +161,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == 'diff': return diff(args.a, args.b)
     if args.cmd == 'nbcheck':
+        from fastai_repro.nbcheck import missing_extra
+        if (why := missing_extra('nbcheck')): # one line and exit 2 (an error), not a traceback and exit 1 ("differs")
+            print(f'fastai-repro nbcheck: {why}', file=sys.stderr)
+            return 2
         return check_notebooks(args.paths, args.update, args.n_workers, args.timeout, args.native, args.rtol)
     if not args.native: portable_kernels() # first: the same numbers as the README's on every x86-64 CPU
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here

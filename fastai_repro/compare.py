@@ -201,6 +201,14 @@ def _batch_cause(fd:Divergence) -> tuple:
     return 'nondeterminism', None
 
 # %% ../nbs/02_compare.ipynb #46465745
+_CONTROLS = {c: f'\\x{c:02x}' for c in (*range(0x20), *range(0x7f, 0xa0))} # C0, DEL, C1: ESC starts a sequence
+_CONTROLS |= {c: f'\\u{c:04x}' for c in (0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a))} # direction
+_CONTROLS |= {9: '\\t', 10: '\\n', 13: '\\r'}
+
+def _printable(s:str) -> str:
+    "`s` with its control characters (C0, DEL, C1) and direction marks written as escapes: no text drives a terminal"
+    return s.translate(_CONTROLS)
+
 @dataclass
 class Comparison:
     "What differs between two runs, the first batch where they part, why, and how much was compared"
@@ -219,20 +227,28 @@ class Comparison:
         seen = f"{cov.get('compared', 0)} batches compared" + ''.join(
             f', {cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov.get(k))
         inert = f"; settings that differ but changed nothing recorded: {', '.join(self.inert)}" if self.inert else ''
-        if self.same: return f'SAME: the runs are bit-identical in every recorded fingerprint ({seen}){inert}'
         fd = f' (first at {self.first_divergence})' if self.first_divergence else ''
-        return f"{'EMPTY' if self.causes == ['empty'] else 'DIFFER'}: {', '.join(self.causes)}{fd}; {seen}"
+        line = (f'SAME: the runs are bit-identical in every recorded fingerprint ({seen}){inert}' if self.same else
+                f"{'EMPTY' if self.cannot_tell else 'DIFFER'}: {', '.join(self.causes)}{fd}; {seen}")
+        return _printable(line) # a record's text (a generator column's name) never reaches the terminal raw
+
+    @property
+    def cannot_tell(self) -> str|None:
+        "What makes the two runs impossible to compare (a record that holds no fit and no batch), or `None`"
+        return self.details.get('empty') if self.causes == ['empty'] else None
 
     def _status(self, k) -> str: return 'same' if self.components[k] else 'inert' if k in self.inert else 'DIFFERS'
     def report(self) -> str:
         "A short table, the verdict first"
         rows = [f'{k:<16} {self._status(k):<8} {self.details.get(k, "")}' for k in self.components]
-        return '\n'.join([self.verdict(), '', f"{'component':<16} {'':<8} detail", *rows, '',
-                          *[f'{c}: {f}' for c, f in self.fixes.items()]])
+        lines = [self.verdict(), '', f"{'component':<16} {'':<8} detail", *rows, '',
+                 *[f'{c}: {f}' for c, f in self.fixes.items()]]
+        return '\n'.join(map(_printable, lines)) # line by line: a newline in a record's text starts no line
 
     def _repr_markdown_(self):
-        rows = '\n'.join(f'| {k} | {self._status(k).lower()} | {self.details.get(k, "")} |' for k in self.components)
-        fixes = '\n'.join(f'- **{c}**: {f}' for c, f in self.fixes.items())
+        rows = '\n'.join(_printable(f'| {k} | {self._status(k).lower()} | {self.details.get(k, "")} |')
+                         for k in self.components)
+        fixes = '\n'.join(_printable(f'- **{c}**: {f}') for c, f in self.fixes.items())
         return f'**{self.verdict()}**\n\n| component | | detail |\n|---|---|---|\n{rows}\n\n{fixes}'
     def __str__(self): return self.report()
 

@@ -5,10 +5,11 @@
 # %% ../nbs/00b_determinism.ipynb #11d1f001
 from __future__ import annotations
 import ctypes, functools, os, platform, re, sys, tempfile, threading, warnings
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['PORTABLE_ENV', 'kernel_mode', 'cpu_isa', 'system', 'portable_possible', 'onednn_isa', 'kernel_facts', 'kernels_late',
-           'portable_kernels']
+__all__ = ['PORTABLE_ENV', 'CUBLAS_MESSAGE', 'kernel_mode', 'cpu_isa', 'system', 'portable_possible', 'onednn_isa',
+           'kernel_facts', 'kernels_late', 'portable_kernels', 'cublas_late']
 
 # %% ../nbs/00b_determinism.ipynb #61d8fd59
 PORTABLE_ENV = {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'ATEN_CPU_CAPABILITY': 'avx2', 'MKL_CBWR': 'AVX2'}
@@ -22,7 +23,7 @@ def kernel_mode(env=None) -> str:
 def cpu_isa() -> str|None:
     "The widest vector instruction set this x86-64 CPU offers torch: 'AVX512', 'AVX2' or 'DEFAULT'; `None` elsewhere"
     if platform.machine().lower() not in ('x86_64', 'amd64'): return None
-    try: flags = set(re.search(r'^flags\s*:(.*)$', open('/proc/cpuinfo').read(), re.M)[1].split())
+    try: flags = set(re.search(r'^flags\s*:(.*)$', Path('/proc/cpuinfo').read_text(), re.M)[1].split())
     except (OSError, TypeError): return _torch_isa() # not Linux: ask torch
     if {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= flags: return 'AVX512'
     return 'AVX2' if {'avx2', 'fma'} <= flags else 'DEFAULT'
@@ -102,3 +103,25 @@ def portable_kernels() -> list:
     late = kernels_late()
     for m in late: warnings.warn(f'fastai_repro: {m}', ReproducibilityWarning, stacklevel=2)
     return late
+
+# %% ../nbs/00b_determinism.ipynb #9235e3fb
+CUBLAS_MESSAGE = 'CUBLAS_WORKSPACE_CONFIG' # in torch's error when its kept answer says the setting came late
+
+@functools.cache
+def _cublas_probe() -> bool:
+    "One tiny product on the GPU with deterministic algorithms on: whether torch raises for cuBLAS's setting"
+    import torch
+    was, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        a = torch.ones(2, 2, device='cuda')
+        a @ a
+        return False
+    except RuntimeError as e: return CUBLAS_MESSAGE in str(e)
+    finally: torch.use_deterministic_algorithms(was, warn_only=warn)
+
+def cublas_late() -> bool:
+    "Whether torch read cuBLAS's workspace setting before it was set as determinism needs (asked once, on a GPU)"
+    import torch
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized(): return False # no product can have run
+    return _cublas_probe()

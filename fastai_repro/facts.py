@@ -15,9 +15,9 @@ from .determinism import cpu_isa, kernel_facts, system
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
 # %% auto #0
-__all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_flags', 'environment', 'data_facts',
-           'dataloader_settings', 'jsonable', 'fit_call', 'settings', 'callback_facts', 'loss_facts', 'optimizer_facts',
-           'learner_settings', 'fit_facts']
+__all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_flags', 'environment', 'contents_seen',
+           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'settings', 'callback_facts', 'loss_facts',
+           'optimizer_facts', 'learner_settings', 'fit_facts']
 
 # %% ../nbs/01a_facts.ipynb #7bc9ba95
 ENV_VARS = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING', # CUBLAS_WORKSPACE_CONFIG: in `flags`
@@ -60,11 +60,33 @@ def _cell_text(v) -> str:
     "A table cell as text, in full (the `repr` of fastcore's `L` and of long arrays leaves items out)"
     return repr(list(v)) if isinstance(v, (list, tuple, L, np.ndarray)) else repr(v)
 
+def _tensors(ds) -> list|None:
+    "The tensors a `TensorDataset` (or any data set with `.tensors`) indexes by their first dimension; else `None`"
+    ts = getattr(ds, 'tensors', None)
+    ok = isinstance(ts, (tuple, list)) and bool(ts) and all(isinstance(t, torch.Tensor) and t.ndim for t in ts)
+    return list(ts) if ok and len({len(t) for t in ts}) == 1 else None
+
+def contents_seen(ds) -> bool:
+    "Whether the data facts see what data set `ds` holds (its `items` or its tensors), not only how many items"
+    return getattr(ds, 'items', None) is not None or _tensors(ds) is not None
+
+def _row_digests(ts:list) -> np.ndarray:
+    "One digest per row of the tensors `ts`: the bytes, dtype and shape of each tensor's row"
+    rows = []
+    for t in ts:
+        b = t.detach().cpu().contiguous().reshape(len(t), -1)
+        b = (b.to(torch.uint8) if b.dtype == torch.bool else b.view(torch.uint8)).numpy()
+        rows.append((f'{t.dtype}{tuple(t.shape[1:])}'.encode(), b))
+    return np.array([bytes_digest(b''.join(h + b[i].tobytes() for h, b in rows)) for i in range(len(ts[0]))],
+                    dtype=np.int64)
+
 def _item_digests(ds, prefixes:tuple) -> np.ndarray|None:
     "One digest per item of data set `ds`; `None` for an iterable data set, whose items are not known before a pass"
     items = getattr(ds, 'items', None)
+    if items is None and (ts := _tensors(ds)) is not None: return _row_digests(ts) # a `TensorDataset`: its contents
     if items is None and not hasattr(ds, '__len__'): return None
-    if items is None: return np.array([text_digest(f'{type(ds).__name__}[{i}]') for i in range(len(ds))], dtype=np.int64)
+    if items is None: # only how many: `contents_seen` says so
+        return np.array([text_digest(f'{type(ds).__name__}[{i}]') for i in range(len(ds))], dtype=np.int64)
     if isinstance(items, pd.DataFrame):
         try: return pd.util.hash_pandas_object(items, index=True).values.view(np.int64)
         except TypeError: # cells pandas cannot hash, such as fastai's token lists: hash their full text

@@ -7,14 +7,17 @@ generators put back after the inference ones."""
 from __future__ import annotations
 import threading
 from functools import wraps
+import torch, torch.nn.functional as F
+from torch import nn
 from fastai.callback.core import CancelEpochException
 from fastai.learner import Learner
 import fastai.callback.schedule, fastai.callback.hook # noqa: F401 (`lr_find` and `summary` are patched onto `Learner`)
 from .seeding import get_rng_state, set_rng_state
 
 # %% auto #0
-__all__ = ['EXIT_HOOKS', 'RESUME', 'ENTRY_POINTS', 'on_entry_exit', 'current_entries', 'entries', 'isolates', 'resume_at',
-           'patch_fastai']
+__all__ = ['EXIT_HOOKS', 'RESUME', 'ENTRY_POINTS', 'TESTED_VERSIONS', 'on_entry_exit', 'current_entries', 'entries', 'isolates',
+           'resume_at', 'patch_fastai', 'GlobalMaxPool', 'global_max_pool', 'deterministic_pools', 'restore_pools',
+           'check_tested_versions']
 
 # %% ../nbs/02a_fastai_patches.ipynb #21b54932
 def _shared(name:str) -> list:
@@ -152,3 +155,78 @@ def patch_fastai():
     Learner.__init_subclass__ = classmethod(_wrap_subclass)
 
 patch_fastai()
+
+# %% ../nbs/02a_fastai_patches.ipynb #475a5884
+def _layout(t:torch.Tensor, like:torch.Tensor) -> torch.Tensor:
+    "`t`, copied channels-last if `like` is channels-last, as torch's kernel makes its output and gradient"
+    if not like.is_contiguous(memory_format=torch.channels_last) or like.is_contiguous(): return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=torch.channels_last).copy_(t)
+
+class GlobalMaxPool(torch.autograd.Function):
+    "`F.adaptive_max_pool2d(x, 1)`: torch's forward (no atomics in it); the gradient goes back through a mask"
+    @staticmethod
+    def forward(ctx, x):
+        "Torch's own maximum of each channel, and where it is"
+        out, idx = F.adaptive_max_pool2d(x, 1, return_indices=True)
+        ctx.save_for_backward(idx)
+        ctx.like = x
+        return out
+    @staticmethod
+    def backward(ctx, g):
+        "Each channel's gradient where torch's maximum was, zero elsewhere: no atomic add"
+        idx, = ctx.saved_tensors
+        x = ctx.like
+        pos = torch.arange(x.shape[2] * x.shape[3], device=g.device).view(1, 1, -1)
+        zero = torch.zeros((), dtype=g.dtype, device=g.device)
+        mask = pos == idx.reshape(idx.shape[0], idx.shape[1], 1)
+        return _layout(torch.where(mask, g.reshape(g.shape[0], g.shape[1], 1), zero).view(x.shape), x)
+
+def global_max_pool(x:torch.Tensor) -> torch.Tensor:
+    "`F.adaptive_max_pool2d(x, 1)`, bit for bit; on an accelerator, with a deterministic backward"
+    if x.device.type == 'cpu' or x.dim() != 4: return F.adaptive_max_pool2d(x, 1)
+    return GlobalMaxPool.apply(x)
+
+def _global(m:nn.Module) -> bool:
+    "Whether `m` is a max pooling to size 1 whose forward is its class's"
+    size = m.output_size if isinstance(m, nn.AdaptiveMaxPool2d) else None
+    return size in (1, (1, 1)) and not m.return_indices and 'forward' not in m.__dict__
+
+def deterministic_pools(model:nn.Module) -> list:
+    "Give each max pooling to size 1 in `model` the forward `global_max_pool`; the modules changed"
+    mods = [m for m in model.modules() if _global(m)]
+    for m in mods: m.forward = global_max_pool
+    return mods
+
+def restore_pools(mods:list):
+    "Take back the forward `deterministic_pools` gave `mods`"
+    for m in mods:
+        if m.__dict__.get('forward') is global_max_pool: del m.forward
+
+# %% ../nbs/02a_fastai_patches.ipynb #d82f4e2f
+import re, warnings
+import fastai
+from .seeding import ReproducibilityWarning
+
+TESTED_VERSIONS = {'fastai': '2.8.12', 'torch': '2.14.1'} # the versions the tests and saved outputs were made with
+_warned:set = set() # the messages `check_tested_versions` already gave in this process
+
+def _release(v:str) -> tuple:
+    "A version's release numbers, trailing zeros left out: '2.14.1+cu130' -> (2, 14, 1); '2.15.0rc1' -> (2, 15)"
+    m = re.match(r'\d+(\.\d+)*', v)
+    res = [int(x) for x in m[0].split('.')] if m else []
+    while res and res[-1] == 0: res.pop()
+    return tuple(res)
+
+def check_tested_versions(versions:dict|None=None) -> list:
+    "Warn once per process if fastai or torch (`versions`, default: those imported) is newer than `TESTED_VERSIONS`"
+    versions = versions or {'fastai': fastai.__version__, 'torch': torch.__version__}
+    newer = [f'{k} {v}' for k, v in versions.items()
+             if k in TESTED_VERSIONS and _release(v) > _release(TESTED_VERSIONS[k])]
+    tested = ' and '.join(f'{k} {v}' for k, v in TESTED_VERSIONS.items())
+    msg = (f"fastai_repro was tested with {tested}; this environment has a newer {' and '.join(newer)}: untested "
+           f"there (fastai_repro patches fastai's internals), so check that two runs with ReproducibleCallback are "
+           f"bit-identical, and compare only records made with the same versions")
+    if newer and msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, ReproducibilityWarning, stacklevel=2)
+    return newer

@@ -5,7 +5,8 @@ saved ones, ignoring only what cannot be reproduced, by rules it names."""
 
 # %% ../nbs/04a_nbcheck.ipynb #f8aaead9
 from __future__ import annotations
-import base64, copy, difflib, hashlib, html, math, os, platform, re, shutil, tempfile, uuid
+import base64, copy, difflib, hashlib, html, itertools, json, math, os, platform, re, shutil, tempfile, uuid
+import importlib.util
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +14,30 @@ from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode, portable_possible, 
 from .runrecord import write_atomic
 
 # %% auto #0
-__all__ = ['RULES', 'RECORDS_ENV', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'directives', 'runs', 'compared', 'skip_flags',
-           'output_lines', 'cell_lines', 'kernel_record_path', 'running_request', 'file_safe', 'records_folder',
-           'cell_key', 'cell_records', 'explain', 'named_records', 'same_records', 'save_records', 'kernel_env',
-           'run_environment', 'bits_unreachable', 'saved_environment', 'record_devices', 'loose_check', 'CellResult',
-           'NotebookResult', 'worst', 'execute', 'compare_cells', 'write_notebook', 'check', 'report', 'notebooks',
-           'nbcheck']
+__all__ = ['EXTRAS', 'RULES', 'RECORDS_ENV', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'DIFF_LINES', 'MissingExtraError',
+           'missing_extra', 'require_extra', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines',
+           'cell_lines', 'NbcheckError', 'valid_timeout', 'notebook_kernel', 'kernel_missing', 'kernel_record_path',
+           'running_request', 'file_safe', 'records_folder', 'cell_key', 'cell_records', 'explain', 'named_records',
+           'same_records', 'save_records', 'kernel_env', 'run_environment', 'bits_unreachable', 'saved_environment',
+           'record_devices', 'loose_check', 'CellResult', 'NotebookResult', 'worst', 'execute', 'compare_cells',
+           'write_notebook', 'check', 'report', 'notebooks', 'nbcheck']
+
+# %% ../nbs/04a_nbcheck.ipynb #8da7cad4
+EXTRAS = {'nbcheck': ('nbformat', 'nbclient', 'jupyter_client', 'ipykernel')} # an extra -> the modules it brings
+
+class MissingExtraError(ImportError):
+    "An optional dependency is not installed; the message names the extra that brings it and the command that does"
+
+def missing_extra(extra:str='nbcheck') -> str|None:
+    "Which modules of `extra` cannot be imported here, with the command that installs them; `None` if none"
+    gone = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if not gone: return None
+    return (f"the '{extra}' extra is not installed (no module named {', '.join(gone)}); "
+            f"install it: pip install 'fastai_repro[{extra}]'")
+
+def require_extra(extra:str='nbcheck'):
+    "Raise `MissingExtraError` (an `ImportError`) with what `missing_extra(extra)` says, if it says anything"
+    if (why := missing_extra(extra)): raise MissingExtraError(why)
 
 # %% ../nbs/04a_nbcheck.ipynb #e82fb1b5
 def directives(src:str) -> dict:
@@ -53,12 +72,15 @@ def skip_flags(folder:Path) -> list:
 
 # %% ../nbs/04a_nbcheck.ipynb #06028dc4
 RULES = {'time': "the `time` column of fastai's training tables", 'progress': 'progress bars',
-         'address': 'memory addresses in reprs (` at 0x...`)',
+         'widgets': "Jupyter widgets' random ids (`model_id`)", 'address': 'memory addresses in reprs (` at 0x...`)',
          'paths': 'where packages are installed, in file paths (`.../site-packages/`)'}
 
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')
 _SITE = re.compile(r'(?<![^\s"\'(=:,\[])/[^\s"\'(:,]*?/(site|dist)-packages/') # one path at a time, up to its first
 _BAR = re.compile(r'\|[^|]*\|\s*\d+(\.\d+)?% \[[^\]]*\]') # fastprogress on a console: |███---| 12.50% [1/8 00:01<00:07]
+_CLOCK = r'(\d+:)?\d\d:\d\d'
+_TQDM = re.compile(rf'\S \[{_CLOCK}(<({_CLOCK}|\?))?, [^\]]*/[^\]]*\]\s*$') # tqdm: 40%|# | 4/10 [00:01<00:02, 3.9it/s]
+_WIDGET = 'application/vnd.jupyter.widget-view+json'
 
 def _text(s:str, used:set) -> str:
     "`s` with memory addresses and the folders of installed packages left out"
@@ -69,10 +91,11 @@ def _text(s:str, used:set) -> str:
     return u
 
 def _stream_lines(text:str, used:set) -> list:
-    "A stream's text as lines, without fastprogress's console bars (each frame ends with a carriage return)"
+    "A stream's text as lines, without fastprogress's and tqdm's console bars (frames split by carriage returns)"
     res, table = [], False
     for part in re.split(r'[\r\n]', text):
-        if _BAR.search(part) or part.strip() == '\u2588': used.add('progress'); continue # a frame, or its probe
+        if _BAR.search(part) or _TQDM.search(part) or part.strip() == '\u2588': # a frame, or fastprogress's probe
+            used.add('progress'); continue
         words = part.split()
         if words[:1] == ['epoch'] and words[-1:] == ['time']: table = True # fastai's table of epochs, as text
         if table and words and re.fullmatch(r'(\d+:)?\d+:\d\d|time', words[-1]):
@@ -115,7 +138,9 @@ def output_lines(out:dict, used:set) -> list:
     if kind == 'stream': return [f"[{out.get('name')}] {l}" for l in _stream_lines(_join(out.get('text', '')), used)]
     if kind == 'error': return [f"[error] {out.get('ename')}: {out.get('evalue')}"]
     data, res = out.get('data', {}), []
+    if _WIDGET in data and _TQDM.search(_join(data.get('text/plain', ''))): used.add('progress'); return [] # tqdm's
     for mime in sorted(data):
+        if mime == _WIDGET and isinstance(data[mime], dict): res.append(_widget_line(data[mime], used)); continue
         v = _join(data[mime])
         if mime.startswith('image/'): res.append(f'[{mime}] sha256 {hashlib.sha256(base64.b64decode(v)).hexdigest()}')
         elif mime == 'text/html' or mime.startswith('text/') and _HTML.search(v): # fastprogress's table, 3 ways
@@ -124,6 +149,11 @@ def output_lines(out:dict, used:set) -> list:
         else: res.append(f'[{mime}] sha256 {hashlib.sha256(v.encode()).hexdigest()}')
     return res
 
+def _widget_line(view:dict, used:set) -> str:
+    "A widget's view as a line: without its `model_id`, new at each run"
+    if 'model_id' in view: used.add('widgets')
+    return f"[widget] {json.dumps({k: v for k, v in view.items() if k != 'model_id'}, sort_keys=True)}"
+
 def _join(v) -> str: return ''.join(v) if isinstance(v, list) else str(v)
 _HTML = re.compile(r'<(table|progress)\b') # markup sent as markdown or plain text too (fastprogress 1.1.6 does)
 _FENCE = re.compile(r'^\s*```\w*\n|\n?```\s*$') # markdown's fence around it
@@ -131,6 +161,34 @@ _FENCE = re.compile(r'^\s*```\w*\n|\n?```\s*$') # markdown's fence around it
 def cell_lines(cell, used:set) -> list:
     "Every output of a code cell, as lines"
     return [l for o in cell.get('outputs', []) for l in output_lines(o, used)]
+
+# %% ../nbs/04a_nbcheck.ipynb #9892e6ae
+class NbcheckError(Exception):
+    "A notebook that `nbcheck` cannot check, said in one line with the fix: a cell past the timeout, no such kernel"
+
+def valid_timeout(timeout) -> int|float:
+    "`timeout` if it is a number of seconds above 0 (to nbclient, 0 or less is no limit at all); else a `ValueError`"
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f'timeout must be a number of seconds above 0, got {timeout!r}: 0 or less would let a cell '
+                         f'run forever; pass a limit such as timeout=600 (from the command line: --timeout 600)')
+    return timeout
+
+def notebook_kernel(nb:dict) -> str:
+    "The Jupyter kernel a notebook names (`metadata.kernelspec.name`), `python3` if it names none"
+    spec = (nb.get('metadata') or {}).get('kernelspec') if isinstance(nb.get('metadata'), dict) else None
+    name = spec.get('name') if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else 'python3'
+
+def kernel_missing(name:str) -> str|None:
+    "Why the Jupyter kernel `name` cannot start here (it is not installed), and the fix; `None` if it can"
+    require_extra('nbcheck')
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    ksm = KernelSpecManager()
+    try: ksm.get_kernel_spec(name); return None
+    except NoSuchKernel: have = ', '.join(sorted(ksm.find_kernel_specs())) or 'none'
+    return (f"the notebook's kernel {name!r} (metadata.kernelspec.name) is not installed here (installed: {have}); "
+            f"install it (a Python environment: python -m ipykernel install --user --name {name}), or name an "
+            f"installed kernel in the notebook's kernelspec")
 
 # %% ../nbs/04a_nbcheck.ipynb #e0999a8e
 RECORDS_ENV = 'FASTAI_REPRO_NBCHECK_RECORDS'
@@ -312,10 +370,12 @@ class NotebookResult:
     unreachable:list=field(default_factory=list) # why the saved outputs cannot come out bit for bit here
     within:list=field(default_factory=list) # cells whose numbers are within `rtol` (where bits cannot match)
     rtol:float|None=None
+    updated:bool=False # `update` saved the new outputs: the notebook now holds what it printed
     @property
     def status(self) -> int:
-        "0 same, 1 differs, 2 error, 3 could not be checked here (`STATUS`)"
+        "0 same (or updated), 1 differs, 2 error, 3 could not be checked here (`STATUS`)"
         if self.error: return STATUS['error']
+        if self.updated: return STATUS['same']
         kinds = {c.checked for c in self.differ}
         return STATUS['differs'] if 'differs' in kinds else STATUS['unchecked'] if kinds else STATUS['same']
 
@@ -325,12 +385,13 @@ def worst(statuses) -> int:
 
 def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=(), records:Path|None=None,
             env:dict|None=None) -> dict:
-    "`nb` executed in a fresh Jupyter kernel with environment `env`, in `folder`; cells nbdev skips keep their outputs"
-    try:
-        import nbformat
-        from nbclient import NotebookClient
-    except ImportError as e:
-        raise ImportError(f'nbcheck needs nbclient and ipykernel ({e}); pip install "fastai_repro[nbcheck]"') from e
+    "`nb` executed in a fresh Jupyter `kernel` with environment `env`, in `folder`; cells nbdev skips keep outputs"
+    require_extra('nbcheck')
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
+    valid_timeout(timeout)
+    if (why := kernel_missing(kernel)): raise NbcheckError(why)
     run = [i for i, c in enumerate(nb['cells']) if runs(c, skip)]
     todo = nbformat.from_dict({**nb, 'cells': [copy.deepcopy(nb['cells'][i]) for i in run]})
     env = {**(kernel_env() if env is None else env), **({RECORDS_ENV: str(records)} if records else {})}
@@ -338,9 +399,20 @@ def execute(nb:dict, folder:Path, timeout:int=600, kernel:str='python3', skip=()
     def executed(cell, cell_index, execute_reply):
         "nbclient's hook after each cell: keep the id of the request that ran it"
         sent[cell_index] = execute_reply['parent_header']['msg_id']
-    NotebookClient(todo, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(folder)}},
-                   extra_arguments=['--IPKernelApp.log_level=ERROR'], # no warning about TCP
-                   on_cell_executed=executed).execute(env=env)
+    class Client(NotebookClient):
+        "nbclient's, but a cell past the timeout kills the kernel (a busy kernel asked to stop prints a ZMQError)"
+        async def async_execute_cell(self, cell, cell_index:int, *args, **kwargs):
+            "Execute one cell; past the timeout, an `NbcheckError` naming it, the timeout and the fix"
+            try: return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            except CellTimeoutError as e:
+                self.shutdown_kernel = 'immediate'
+                first = (cell.source.strip().splitlines() or [''])[0][:60]
+                raise NbcheckError(f'cell {run[cell_index]} ({first}) ran past the timeout of {timeout} s and was '
+                                   f'stopped; give it more time with --timeout N (seconds; timeout=N in Python), such '
+                                   f'as --timeout {math.ceil(2 * timeout)}') from e
+    Client(todo, timeout=timeout, kernel_name=kernel, resources={'metadata': {'path': str(folder)}},
+           extra_arguments=['--IPKernelApp.log_level=ERROR'], # no warning about TCP
+           on_cell_executed=executed).execute(env=env)
     for j, msg in sent.items(): # the records, named by the cell that trained: `<cell index>-<k>.jsonl`
         for p in (records.glob(f'{file_safe(msg)}-*.jsonl') if records else []):
             p.rename(records/f"{run[j]}-{p.name.rsplit('-', 1)[1]}")
@@ -358,26 +430,40 @@ def compare_cells(saved:dict, now:dict, path:str='', skip=(), unreachable=(), rt
         if la == lb: continue
         checked, seen = loose_check(la, lb, rtol) if unreachable else ('differs', '')
         if checked == 'within': res.within.append(i); continue
-        diff = list(difflib.unified_diff(la, lb, 'saved', 'now', lineterm=''))
-        res.differ.append(CellResult(i, _join(a.get('source', '')), diff, checked=checked, seen=seen))
+        res.differ.append(CellResult(i, _join(a.get('source', '')), _diff(la, lb), checked=checked, seen=seen))
     return res
+
+DIFF_LINES = 40 # the lines of a cell's diff that are kept (and shown)
+
+def _diff(la:list, lb:list, n:int=DIFF_LINES) -> list:
+    "The unified diff of a cell's saved and new lines: its first `n` lines, then how many more changed lines it has"
+    d = difflib.unified_diff(la, lb, 'saved', 'now', lineterm='')
+    res, more = list(itertools.islice(d, n)), sum(l[:1] in ('+', '-') for l in d)
+    return res + [f'... {more} more changed lines not shown'] if more else res
+
+_ANSI = re.compile(r'\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])') # colours, links, other codes
 
 def write_notebook(nb:dict, path:Path):
     "Write `nb` over `path` whole or not at all (a temporary file renamed): a failed write leaves the old notebook"
+    require_extra('nbcheck')
     import nbformat
     write_atomic(nbformat.writes(nbformat.from_dict(nb)).encode() + b'\n', Path(path).resolve()) # a link's target
 
 def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:float|None=None) -> NotebookResult:
     "Execute the notebook at `path` (portable CPU kernels unless `native`), compare its outputs; `update` saves them"
+    require_extra('nbcheck')
     import nbformat
+    valid_timeout(timeout)
     path = Path(path)
     try: nb = nbformat.read(path, as_version=4)
     except Exception as e: return NotebookResult(str(path), error=f'cannot read it: {type(e).__name__}: {e}')
     folder, env = path.parent.resolve(), kernel_env(native)
     skip, saved = skip_flags(folder), records_folder(path)
     with tempfile.TemporaryDirectory() as tmp:
-        try: now = execute(nb, folder, timeout, skip=skip, records=Path(tmp), env=env)
-        except Exception as e: return NotebookResult(str(path), error=f'{type(e).__name__}: {str(e)[-2000:]}')
+        try: now = execute(nb, folder, timeout, notebook_kernel(nb), skip, records=Path(tmp), env=env)
+        except NbcheckError as e: return NotebookResult(str(path), error=str(e))
+        except Exception as e: # a cell raised (its traceback's colours left out), the kernel died...
+            return NotebookResult(str(path), error=f'{type(e).__name__}: {_ANSI.sub("", str(e))[-2000:]}')
         new = cell_records(Path(tmp))
         here = run_environment(env, record_devices([p for ps in new.values() for p in ps]))
         gone = bits_unreachable(saved_environment(nb), here)
@@ -389,14 +475,16 @@ def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:floa
         try:
             if not same_records(named, saved): save_records(named, saved) # records first: a notebook never points past them
             if res.differ or res.within or meta != nb.get('metadata'): write_notebook({**now, 'metadata': meta}, path)
+            res.updated = bool(res.differ or res.within)
         except OSError as e: res.error = f'cannot save the new outputs or records: {type(e).__name__}: {e}'
     return res
 
 # %% ../nbs/04a_nbcheck.ipynb #09b9c813
-def report(r:NotebookResult, context:int=3) -> str:
-    "What `check` found in one notebook, for people: each differing cell's number, first lines and diff"
-    if r.error: return f'{r.path}: ERROR {r.error}'
-    lines = [f'{r.path}: {_counts(r)}']
+def report(r:NotebookResult, context:int=3, max_lines:int=200) -> str:
+    "What `check` found in one notebook, for people: each differing cell's number, first lines and diff (`max_lines`)"
+    if r.error and not r.compared: return _ANSI.sub('', f'{r.path}: ERROR {r.error}') # found nothing to show
+    saved = f', not saved: ERROR {r.error}' if r.error else ', updated: the new outputs are saved' if r.updated else ''
+    lines, left = [f'{r.path}: {_counts(r)}{saved}'], max_lines
     if r.unreachable and not (r.differ or r.within):
         lines.append(f"  saved in another environment ({'; '.join(r.unreachable)}): every output matched all the same")
     elif r.unreachable:
@@ -408,10 +496,12 @@ def report(r:NotebookResult, context:int=3) -> str:
         head = f'  cell {c.index}: ' + ('' if c.checked == 'differs' else 'could not be checked bit for bit here, ')
         lines += [head + src[0]] + [f'          {l}' for l in src[1:context]]
         if c.seen: lines.append(f'    {"its text matches; " if c.checked == "unchecked" else ""}{c.seen}')
-        lines += [f'    {l}' for l in c.diff] + [f'    {l}' for l in c.why]
+        diff = c.diff[:max(left, 0)]; left -= len(c.diff)
+        if len(diff) < len(c.diff): diff.append(f'... not shown: at most {max_lines} lines of diff a notebook')
+        lines += [f'    {l}' for l in diff] + [f'    {l}' for l in c.why]
     if r.within: lines.append(f"  {_tol(r.rtol)}: cells {', '.join(map(str, r.within))}")
     if r.rules: lines.append('  ignored: ' + '; '.join(RULES[k] for k in sorted(r.rules)))
-    return '\n'.join(lines)
+    return _ANSI.sub('', '\n'.join(lines)) # no terminal's codes in a report (a traceback's colours)
 
 def _counts(r:NotebookResult) -> str:
     "How many compared cells differ, could not be checked here, or match within the tolerance; or that all match"
@@ -433,6 +523,8 @@ def notebooks(paths) -> list:
 def nbcheck(paths, update:bool=False, n_workers:int=1, timeout:int=600, native:bool=False,
             rtol:float|None=None) -> list:
     "`check` every notebook of `paths`, `n_workers` at a time (each in its own kernel)"
+    require_extra('nbcheck')
+    valid_timeout(timeout)
     nbs, more = notebooks(paths), (update, timeout, native, rtol)
     if n_workers <= 1 or len(nbs) < 2: return [check(p, *more) for p in nbs]
     with ProcessPoolExecutor(min(n_workers, len(nbs))) as ex:

@@ -4,18 +4,21 @@
 
 # %% ../nbs/01b_runrecord.ipynb #4cbb591e
 from __future__ import annotations
-import codecs, io, json, os, tempfile, zlib
+import codecs, io, json, os, stat, tempfile, zlib
 from pathlib import Path
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'RecordError', 'column_kind', 'check_value', 'batch_frame',
-           'RunRecord', 'new_file_mode', 'write_atomic', 'fit_problem', 'event_problem']
+__all__ = ['FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'MAX_BYTES', 'MAX_COLUMNS', 'MAX_LINE', 'RecordError', 'column_kind',
+           'check_value', 'batch_frame', 'RunRecord', 'new_file_mode', 'write_atomic', 'fit_problem', 'event_problem']
 
 # %% ../nbs/01b_runrecord.ipynb #7db3fa56
 FORMAT, VERSION = 'fastai_repro.RunRecord', 2
 BATCH_KEYS = ('fit', 'epoch', 'phase', 'iter')
 DIGEST_KEYS = ('inputs', 'targets', 'loss')
+MAX_BYTES = 2**30 # the largest record file read, 1 GiB (some ten million batches): larger ones are refused unread
+MAX_COLUMNS = 1000 # the most batch columns a record holds; a run has a handful (the keys, a generator each, digests)
+MAX_LINE = 2**24 # the longest line read, 16 MiB (a fit's facts take a few KiB): a longer one is refused unparsed
 
 class RecordError(ValueError):
     "A record file that cannot be read: names the file, the line and what is wrong"
@@ -71,7 +74,7 @@ class RunRecord:
                  frame:pd.DataFrame|None=None): # `frame`: rows already in a batch frame (a loaded record)
         self.fits, self.events = fits or [], events or []
         self.columns = list(columns if columns is not None else [] if frame is None else frame.columns)
-        self._rows, self._frame = list(rows or []), frame
+        self._rows, self._frame, self._lines = list(rows or []), frame, None
 
     @property
     def rows(self) -> list:
@@ -79,7 +82,22 @@ class RunRecord:
         if self._frame is not None: self._rows, self._frame = _tuples(self._frame), None
         return self._rows
     @rows.setter
-    def rows(self, rows:list): self._rows, self._frame = list(rows), None
+    def rows(self, rows:list): self._rows, self._frame, self._lines = list(rows), None, None
+
+    def row_lines(self) -> list:
+        "Each batch row checked and encoded as a line of the file; rows encoded before are kept: rows only grow"
+        rows, n, c = self.rows, len(self.columns), self._lines
+        grown = c is not None and c[0] is rows and c[1] == n and len(rows) >= len(c[3])
+        if not grown or c[3] and rows[len(c[3]) - 1] is not c[2]: # another list, a new column, or rows taken away
+            c = self._lines = [rows, n, None, []]
+        kinds = [column_kind(k) for k in self.columns]
+        for r in rows[len(c[3]):]:
+            bad = next((k for k, kind, v in zip(self.columns, kinds, r) if not check_value(kind, v)), None)
+            if bad is not None or len(r) > n:
+                raise ValueError(f'batch row {r!r}: column {bad!r} is not {_EXPECT.get(column_kind(bad or ""))}')
+            c[3].append(_dumps(list(r) + [None] * (n - len(r)))) # rows from before a column appeared
+        c[2] = rows[-1] if rows else None
+        return c[3]
 
     def add_rows(self, rows:list):
         "Append batch rows (dicts); new keys become new columns"
@@ -117,7 +135,7 @@ class RunRecord:
     def load(cls, path) -> RunRecord:
         "Read a record written by `save`, checked whole; any damage raises `RecordError` naming the file and line"
         path = Path(path)
-        return _Reader(path, path.read_bytes()).record()
+        return _Reader(path, _read(path)).record()
 
 # %% ../nbs/01b_runrecord.ipynb #1a503090
 def _create_new(tmp:Path, path:Path):
@@ -142,15 +160,11 @@ def _content(rec:RunRecord) -> bytes:
     kinds = [column_kind(c) for c in rec.columns]
     for c, k in zip(rec.columns, kinds):
         if k is None: raise ValueError(f'batch column {c!r} is not one a run record holds')
-    n, rows = len(rec.columns), rec.rows
-    for r in rows:
-        bad = next((c for c, k, v in zip(rec.columns, kinds, r) if not check_value(k, v)), None)
-        if bad is not None or len(r) > n:
-            raise ValueError(f'batch row {r!r}: column {bad!r} is not {_EXPECT.get(column_kind(bad or ""))}')
+    if len(kinds) > MAX_COLUMNS: raise ValueError(f'{len(kinds)} batch columns: a record holds at most {MAX_COLUMNS}')
+    lines = rec.row_lines() # checked and encoded once each: a record saved again and again costs what was added
     body = b''.join([_dumps({'format': FORMAT, 'version': VERSION, 'columns': rec.columns}),
-                     *(_dumps({'fit': f}) for f in rec.fits), *(_dumps({'event': e}) for e in rec.events),
-                     *(_dumps(list(r) + [None] * (n - len(r))) for r in rows)]) # rows from before a column appeared
-    counts = {'fits': len(rec.fits), 'events': len(rec.events), 'batches': len(rows)}
+                     *(_dumps({'fit': f}) for f in rec.fits), *(_dumps({'event': e}) for e in rec.events), *lines])
+    counts = {'fits': len(rec.fits), 'events': len(rec.events), 'batches': len(lines)}
     return body + _dumps({'end': {**counts, 'crc32': zlib.crc32(body)}})
 
 def write_atomic(data:bytes, path:Path, overwrite:bool=True) -> Path:
@@ -218,6 +232,8 @@ def _header_problem(h) -> str|None:
     cols = h.get('columns')
     if not isinstance(cols, list) or not all(type(c) is str for c in cols):
         return "the header's 'columns' must be a list of names"
+    if len(cols) > MAX_COLUMNS: return (f'the header names {len(cols)} batch columns, over the limit of {MAX_COLUMNS} '
+                                        '(MAX_COLUMNS; a run records a handful); the file is damaged or forged')
     if len(set(cols)) != len(cols): return "the header's 'columns' name a column twice"
     unknown = [c for c in cols if column_kind(c) is None]
     if unknown: return f'unknown batch columns {unknown}; written by another version of fastai_repro?'
@@ -225,6 +241,28 @@ def _header_problem(h) -> str|None:
 
 # %% ../nbs/01b_runrecord.ipynb #1c0ae008
 _CSV_TYPES = {'key': 'Int64', 'int': 'Int64', 'float': 'float64', 'flag': 'boolean', 'phase': 'str'}
+_NOT_FILES = {stat.S_ISDIR: 'a directory', stat.S_ISFIFO: 'a FIFO', stat.S_ISSOCK: 'a socket',
+              stat.S_ISCHR: 'a character device', stat.S_ISBLK: 'a block device'}
+
+def _too_big(n:int) -> str: return f'{n:,} bytes, over the limit of {MAX_BYTES:,} (MAX_BYTES) a record file may have'
+
+def _file_problem(st:os.stat_result) -> str|None:
+    "Why a file of status `st` is not read as a record (not a regular file, over `MAX_BYTES`), or `None`"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for is_kind, k in _NOT_FILES.items() if is_kind(st.st_mode)), 'another kind of file')
+        return f'not a regular file but {kind}; a record is a file that `RunRecord.save` wrote'
+    if st.st_size > MAX_BYTES: return _too_big(st.st_size)
+
+def _read(path:Path) -> bytes:
+    "The bytes of the file `path`; one that is no regular file or is too big is refused before it is opened"
+    if (p := _file_problem(os.stat(path))): raise RecordError(path, None, p) # opening a FIFO waits for a writer
+    with open(os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0)), 'rb') as f: # replaced since? never waits
+        st = os.fstat(f.fileno())
+        if (p := _file_problem(st)): raise RecordError(path, None, p)
+        data = f.read(st.st_size + 1) # a byte more: whether it grew since
+        if len(data) > st.st_size: data += f.read(MAX_BYTES + 1 - len(data)) # never more than the limit
+    if len(data) > MAX_BYTES: raise RecordError(path, None, f'{_too_big(len(data))}; it grew while it was read')
+    return data
 
 class _Reader:
     "Reads the bytes of one record file, checking everything; every problem is a `RecordError` naming file and line"
@@ -235,12 +273,14 @@ class _Reader:
 
     def json(self, line:int, b:bytes):
         "Line `line` parsed as JSON"
+        if len(b) > MAX_LINE: self.fail(line, f'{len(b):,} bytes long, over the limit of {MAX_LINE:,} (MAX_LINE)')
         try: return json.loads(b)
         except RecursionError: self.fail(line, 'nested too deeply; the file is damaged')
         except ValueError as e: self.fail(line, f"corrupt ({getattr(e, 'msg', 'not UTF-8 text')}); the file is damaged")
 
     def header(self, first:bytes) -> tuple:
         "The format version and the batch columns, from line 1"
+        if len(first) > MAX_LINE: self.fail(1, f'{len(first):,} bytes long, over the limit of {MAX_LINE:,} (MAX_LINE)')
         try: h = json.loads(first)
         except (ValueError, RecursionError): h = None
         if not isinstance(h, dict) or h.get('format') != FORMAT:
@@ -251,6 +291,7 @@ class _Reader:
     def record(self) -> RunRecord:
         "The whole record: header, body, end line (counts and CRC); the fast path when the CRC matches"
         d = self.data
+        if len(d) > MAX_BYTES: self.fail(None, _too_big(len(d)))
         if not d or d.isspace(): self.fail(None, 'empty file; not a fastai_repro run record')
         nl = d.find(b'\n')
         version, cols = self.header(d if nl < 0 else d[:nl])

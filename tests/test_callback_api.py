@@ -136,3 +136,13 @@ def test_seed_none_is_drawn_and_kept(new_dls):
     assert 0 <= seed < 2**32 and a.reproducible.record.fits[0]['seed'] == seed
     assert_same(a, run(seed))
     assert not same_run(a, run(seed ^ 1))
+
+def test_newer_torch_warned_once(monkeypatch):
+    "Issue 29: building the callback under a torch newer than the tested one warns once, naming both versions"
+    import fastai_repro.fastai_patches as fp
+    monkeypatch.setattr(fp, 'TESTED_VERSIONS', {'fastai': fp.TESTED_VERSIONS['fastai'], 'torch': '2.0.1'})
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        ReproducibleCallback(21); ReproducibleCallback(22)
+    msgs = [str(x.message) for x in w if issubclass(x.category, ReproducibilityWarning)]
+    assert len(msgs) == 1 and 'torch 2.0.1' in msgs[0] and f'torch {torch.__version__}' in msgs[0], msgs

@@ -32,7 +32,8 @@ def folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('nbs')
     training_notebook(root/'a.ipynb', True, 1e-2); training_notebook(root/'b.ipynb', True, 3e-2)
     training_notebook(root/'c_plain.ipynb', False, 1e-2)
-    assert [r.status for r in nbcheck([root], update=True, n_workers=1)] == [1, 1, 1] # nothing was saved yet
+    done = nbcheck([root], update=True, n_workers=1) # nothing was saved yet: every notebook differs, and is saved (0)
+    assert [(r.status, r.updated, len(r.differ) > 0) for r in done] == [(0, True, True)] * 3
     return root
 
 def test_saved_outputs_hold_the_training_table(folder):

@@ -98,7 +98,7 @@ def test_resume_in_one_process(tmp_path, setup):
     try:
         with crashed.no_logging(), pytest.raises(RuntimeError, match='out of memory'): crashed.fit_one_cycle(2)
     finally: Crash.on = False
-    assert [p.name for p in checkpoints(tmp_path)][-1] == 'fit000-epoch0001-batch000005.ckpt'
+    assert [p.name for p in checkpoints(tmp_path)][-1].endswith('-fit000-epoch0001-batch000005.ckpt')
     resumed = fit(learner(ReproducibleCallback(21, resume_from=tmp_path)))
     assert weights_equal(full.model, resumed.model)
     a, b = full.recorder, resumed.recorder
@@ -109,22 +109,26 @@ def test_resume_in_one_process(tmp_path, setup):
 def test_checkpoints_kept_and_atomic(tmp_path):
     fit_synth(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path, keep=2))
     names = sorted(os.listdir(tmp_path))
-    assert names == ['fit000-epoch0001-batch000008.ckpt', 'fit000-epoch0001-batch000010.ckpt'], names
-    (tmp_path/'.fit000-epoch0001-batch000012.ckpt.x1.tmp').write_bytes(b'half a checkpoint') # killed while writing
+    assert [n.split('-', 2)[2] for n in names] == ['fit000-epoch0001-batch000008.ckpt', 'fit000-epoch0001-batch000010.ckpt']
+    (tmp_path/f'.{names[0][:-16]}12.ckpt.x1.tmp').write_bytes(b'half a checkpoint') # killed while writing
     assert [p.name for p in checkpoints(tmp_path)] == names[-2:]
     data = (tmp_path/names[-1]).read_bytes()
     (tmp_path/names[-1]).write_bytes(data[:len(data) // 3])
-    with pytest.raises(RecordError, match='not a readable checkpoint'): ReproducibleCallback(21, resume_from=tmp_path)
+    with pytest.raises(RecordError, match='damaged, cut short'): ReproducibleCallback(21, resume_from=tmp_path)
 
 def test_a_checkpoint_from_another_run_is_refused(tmp_path):
     fit_synth(ReproducibleCallback(21, checkpoint_dir=tmp_path))
-    with pytest.raises(ValueError, match='seed 21, not 22'): ReproducibleCallback(22, resume_from=tmp_path)
+    with pytest.raises(ValueError, match='seed 21, not 22'): ReproducibleCallback(22, resume_from=checkpoints(tmp_path)[-1])
+    with pytest.raises(ValueError, match=r'no checkpoint of seed 22 .* of seed \[21\]'):
+        ReproducibleCallback(22, resume_from=tmp_path)
     for why, change in (('data set', dict(n_epoch=2, n_trn=5)), ('fit call', dict(n_epoch=3)),
                         ('model', dict(n_epoch=2, model=torch.nn.Sequential(torch.nn.Linear(1, 1))))):
         kw = {k: v for k, v in change.items() if k != 'n_epoch'}
-        learn = synth_learner(n_trn=kw.pop('n_trn', 10), cbs=ReproducibleCallback(21, resume_from=tmp_path), **kw)
-        with pytest.raises(ValueError, match=f'from another {why}: fit 0 differs'), learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(change['n_epoch'])
+        built = []
+        with pytest.raises(ValueError, match=f'from another {why}: fit 0 differs'):
+            built.append(synth_learner(n_trn=kw.pop('n_trn', 10), cbs=ReproducibleCallback(21, resume_from=tmp_path), **kw))
+            with built[0].no_bar(), built[0].no_logging(): built[0].fit_one_cycle(change['n_epoch'])
+        assert bool(built) == (why == 'fit call') # the data set and the model are refused as the learner is built
 
 def test_bad_checkpoint_settings_are_refused_at_once(tmp_path):
     with pytest.raises(ValueError, match='checkpoint_every=5 needs checkpoint_dir'):
@@ -134,7 +138,8 @@ def test_bad_checkpoint_settings_are_refused_at_once(tmp_path):
     with pytest.raises(ValueError, match='need isolate_data=True'):
         ReproducibleCallback(21, checkpoint_dir=tmp_path, isolate_data=False)
     with pytest.raises(ValueError, match='does not exist'): ReproducibleCallback(21, resume_from=tmp_path/'nothing')
-    with pytest.raises(ValueError, match='no checkpoint in this folder'): ReproducibleCallback(21, resume_from=tmp_path)
+    with pytest.raises(ValueError, match='no checkpoint of seed 21 in this folder'):
+        ReproducibleCallback(21, resume_from=tmp_path)
 
 class Stream(torch.utils.data.IterableDataset):
     "32 zeros and their zero targets, one after the other: a data set without an index"
