@@ -11,7 +11,7 @@ With `--columns 1000000,100000,995` it measures records of 2 batches with that m
 23: 10**6 columns, 15 MB, took over 11 GB and did not finish in 120 s): wall time and peak memory of one `diff` of
 each, in a fresh process per arm, stopped after `--limit` seconds (`/tmp/old` from `git archive HEAD | tar -x`).
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time, zlib
+import argparse, json, statistics, subprocess, sys, tempfile, time, zlib
 from pathlib import Path
 import numpy as np
 

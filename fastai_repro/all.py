@@ -14,9 +14,9 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
-    seed_generators, get_rng_state, set_rng_state, isolate_rng, keyed_rng, determinism_flags, lock_determinism,
-    set_determinism_flags, distributed)
-from .determinism import PORTABLE_ENV, portable_kernels, kernel_mode, kernel_facts, kernels_late
+    seed_generators, get_rng_state, set_rng_state, isolate_rng, keyed_rng, distributed)
+from .determinism import (PORTABLE_ENV, portable_kernels, kernel_mode, kernel_facts, kernels_late,
+    determinism_flags, lock_determinism, set_determinism_flags)
 from .keyed_data import LoaderKeys, isolate_loader, give_back, release_loader, loader_keys
 from .digests import (tensor_digest, tensors_digest, weights_digest, weights_equal, arch_digest,
     generator_fingerprints)
@@ -33,6 +33,7 @@ _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive
          'release_loader', 'loader_keys',
          'PORTABLE_ENV', 'portable_kernels', 'kernel_mode', 'kernel_facts', 'kernels_late',
          'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed',
-         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
-         'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence', 'plot_divergence',
+         'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal',
+         'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison',
+         'Divergence', 'plot_divergence',
          'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']

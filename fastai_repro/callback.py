@@ -4,8 +4,7 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, re, site, sys, sysconfig, time, warnings, weakref
-from collections import OrderedDict
+import os, re, site, sys, sysconfig, time, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
@@ -13,23 +12,24 @@ from fastcore.basics import patch, store_attr
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
 from fastai.learner import Learner
-from .seeding import (CUBLAS_ENV, ReproducibilityWarning, ReproducibilityError, check_seed, draw_seed,
-    derive_seed, seed_generators, get_rng_state, set_rng_state, lock_determinism, set_determinism_flags, fastai_loaders,
-    finalize, distributed, model_generators, batch_seed, seed_batch, MASK32, _unwrap)
+from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, draw_seed,
+    derive_seed, seed_generators, get_rng_state, set_rng_state, fastai_loaders, finalize, distributed,
+    model_generators, batch_seed, seed_batch, MASK32, unwrap_loader)
 from .keyed_data import isolate_loader, give_back, release_loader
-from .determinism import kernel_mode, kernels_late, cublas_late
-from .compare import INTENDED, compare
-from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
+from .determinism import (CUBLAS_ENV, kernel_mode, kernels_late,
+    cublas_late, lock_determinism, set_determinism_flags) # (a short last line would defeat nbdev's relative import)
+from .livecheck import LiveCheck, PREVIOUS
+from .runrecord import RunRecord, DIGEST_KEYS
 from .digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
     weights_digest, arch_digest)
 from .facts import fit_facts, jsonable, data_facts, contents_seen
 from .fastai_patches import (current_entries, entries, on_entry_exit, resume_at, deterministic_pools,
     restore_pools, check_tested_versions)
 from .checkpoint import Checkpointer, Resume
-from .nbcheck import kernel_record_path
+from .kernel_records import kernel_record_path
 
 # %% auto #0
-__all__ = ['PREVIOUS_KEPT', 'fit_kind', 'FitScope', 'creation_site', 'ReproducibleCallback']
+__all__ = ['fit_kind', 'FitScope', 'open_scopes', 'creation_site', 'ReproducibleCallback']
 
 # %% ../nbs/03_callback.ipynb #3adc4ca9
 def fit_kind(learn:Learner) -> str|None:
@@ -70,6 +70,10 @@ class FitScope:
     hidden:list|None = None # a fit skipped by a resumed run: the learner's callbacks, whose events it skips
 
 # %% ../nbs/03_callback.ipynb #152ef0c3
+def open_scopes() -> list:
+    "The fits of every `ReproducibleCallback` that have not ended, oldest first (a copy: `_close` owns the list)"
+    return list(_open_scopes)
+
 def _close_scopes(learn, entry:list, exc:BaseException|None):
     "Close the scopes opened in fastai entry point `entry` and left open; while its exception `exc` is on its way, warn"
     err = None
@@ -77,14 +81,15 @@ def _close_scopes(learn, entry:list, exc:BaseException|None):
         try: sc.cb._close(sc, exc)
         except Exception as e:
             if exc is None: err = err or e
-            else: warnings.warn(f'ReproducibleCallback: while closing a failed fit: {e}', ReproducibilityWarning)
+            else: repro_warn(f'while closing a failed fit: {e}')
     if err is not None: raise err
 
 # %% ../nbs/03_callback.ipynb #90d3d4f0
 def _library() -> tuple:
     "The folders of Python's library, of installed packages and of this package, each ending in a separator"
-    dirs = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')} | set(site.getsitepackages())
-    dirs |= {site.getusersitepackages(), os.path.dirname(derive_seed.__code__.co_filename), os.path.dirname(os.__file__)}
+    dirs = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')}
+    dirs |= set(site.getsitepackages()) | {site.getusersitepackages(), os.path.dirname(os.__file__),
+                                           os.path.dirname(derive_seed.__code__.co_filename)}
     return tuple(os.path.join(d, '') for d in dirs)
 _LIBRARY = _library()
 
@@ -156,10 +161,13 @@ class ReproducibleCallback(Callback):
         per_rank:bool=False, # Distributed: each rank's batches draw from (seed, rank, fit, epoch, batch), not all alike
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
-        for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data', 'per_rank'): _check_flag(name, locals()[name])
+        for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data', 'per_rank'):
+            _check_flag(name, locals()[name])
         every = _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
-        first_fit = _check_count('first_fit', first_fit, 'the training fits already run, e.g. 1 for the second of fine_tune')
-        checkpoint_every = _check_count('checkpoint_every', checkpoint_every, 'e.g. 100 for a checkpoint every 100 batches')
+        first_fit = _check_count('first_fit', first_fit,
+                                 'the training fits already run, e.g. 1 for the second of fine_tune')
+        checkpoint_every = _check_count('checkpoint_every', checkpoint_every,
+                                        'e.g. 100 for a checkpoint every 100 batches')
         if save_to is not None: _check_folder(save_to)
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
@@ -172,17 +180,27 @@ class ReproducibleCallback(Callback):
         run = None if self._resume is None else self._resume.run # a resumed run writes on under its run's name
         self._ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, checkpoint_every, keep, run)
         self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
-        if reference is not None: self._ref = reference if isinstance(reference, RunRecord) else RunRecord.load(reference)
+        self.reference = reference
         on_entry_exit(_close_scopes) # closes what a fit or an inference call that raised left open
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
-    _stateattrs = ('record','saved_as','_ref','_learner','_checked','_key','_ckpt','_resume')
+    _stateattrs = ('record','saved_as','_live','_learner','_key','_ckpt','_resume')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
-        self._state,self.record,self.saved_as,self._ref,self._learner,self._checked = {},RunRecord(),None,None,None,False
+        self._state,self.record,self.saved_as,self._live,self._learner = {},RunRecord(),None,None,None
         self._ckpt,self._resume = None,None # an exported learner writes no checkpoint and resumes nothing
         self._key = None # the experiment (`compare_previous`): none for a callback loaded with an exported learner
+
+    @property
+    def reference(self) -> RunRecord|None:
+        "The run this one is compared with while it trains (`reference`, or the previous run of its experiment)"
+        return None if self._live is None else self._live.ref
+
+    @reference.setter
+    def reference(self, ref:RunRecord|str|Path|None):
+        "Compare with `ref` (a record or the path of a saved one) from now on; `None`: with nothing"
+        self._live = None if ref is None else LiveCheck(ref if isinstance(ref, RunRecord) else RunRecord.load(ref))
 
     def __setstate__(self, state):
         "Unpickled with an exported learner: its model was built by the original run, not after this copy"
@@ -199,15 +217,15 @@ class ReproducibleCallback(Callback):
         self._attach(creating=True)
         if self._resume is not None: self._check_resume()
         if torch_fingerprint() == self._seeded and any(True for _ in self.learn.model.parameters()):
-            self._event('attached_after_model', 'the model was built before ReproducibleCallback seeded, so its initial '
-                        'weights were not covered; create the callback in the call that builds the model, e.g. '
+            self._event('attached_after_model', 'the model was built before ReproducibleCallback seeded, so its '
+                        'initial weights were not covered; create the callback in the call that builds the model, e.g. '
                         'cnn_learner(dls, arch, cbs=ReproducibleCallback(21))')
 
     def before_fit(self):
         kind = fit_kind(self.learn)
         if kind is None: return # fired by hand: nothing seeded, nothing locked, nothing to put back
         if kind != 'train' and self._resume is not None and (why := self._resume.unreached()) is not None:
-            raise ReproducibilityError(f'ReproducibleCallback: {why}')
+            raise repro_error(why)
         if self._learner is None or self._learner() is not self.learn: self._attach()
         sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit))
         sc.entry = current_entries(self.learn)[-1]
@@ -229,13 +247,13 @@ class ReproducibleCallback(Callback):
         _open_scopes.append(sc)
         seed_generators(sc.seed, self.dls)
         if kind == 'train':
-            if self._ref is None and self.compare_previous and self.n_fit == 0 and self._key:
-                self._ref = _previous.get(self._key)
+            if self._live is None and self.compare_previous and self.n_fit == 0 and self._key:
+                self.reference = PREVIOUS.get(self._key)
             self.n_fit += 1
             self._check_ranks(sc) # first: every rank must reach the collective
             if self._resume is not None: self._resume_fit(sc) # raises `CancelFitException` to skip a fit
             if not sc.resumed and not (self._resume and self._resume.start(sc.idx)): self._guard(self._start_facts, sc)
-            self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx}')
+            self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
             self._guard(lambda _: self._live_check(), sc)
             if self._ckpt is not None: self._check_checkpoints()
 
@@ -251,7 +269,8 @@ class ReproducibleCallback(Callback):
         if not self.isolate_data: return
         skip = int(sc.resumed and not sc.restored and self._resume.epoch == epoch and self._resume.batch)
         for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
-            isolate_loader(dl, (self.seed, sc.idx, epoch, i), skip if _unwrap(dl) is _unwrap(self.dls.train) else 0)
+            train = unwrap_loader(dl) is unwrap_loader(self.dls.train)
+            isolate_loader(dl, (self.seed, sc.idx, epoch, i), skip if train else 0)
             if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)
 
     def after_train(self):
@@ -329,12 +348,12 @@ class ReproducibleCallback(Callback):
         r = self._resume
         if (at := r.start(sc.idx)) is None: return
         if distributed()[1] > 1:
-            raise ReproducibilityError('ReproducibleCallback: resume_from is not supported in distributed training yet; '
+            raise repro_error('resume_from is not supported in distributed training yet; '
                                        'resume at an epoch boundary with learn.load and fit(start_epoch=...)')
         if sc.idx == 0: self.record = r.record # the record so far, in which this run goes on
         if sc.idx < r.fit: # it ended before the checkpoint: skip it, and every other callback's events in it
             r.skip(sc.idx, fit_facts(self.learn))
-            self.learn.logger(f'ReproducibleCallback: seed {self.seed}, fit {sc.idx} skipped: the checkpoint is in '
+            self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx} skipped: the checkpoint is in '
                               f'fit {r.fit}')
             ran = list(self.learn.cbs.sorted('order')) # the callbacks after this one in order have not run yet
             sc.hidden, self.learn.cbs = self.learn.cbs, L(ran[:ran.index(self) + 1])
@@ -346,8 +365,8 @@ class ReproducibleCallback(Callback):
     def _check_checkpoints(self):
         "Where checkpoints cannot be resumed from, warn once and write none, rather than fail the fit"
         why = ('distributed training: every rank would write the same files' if distributed()[1] > 1 else
-               'a training loader without an index (an iterable data set)' if not getattr(self.dls.train, 'indexed', True)
-               else None)
+               'a training loader without an index (an iterable data set)'
+               if not getattr(self.dls.train, 'indexed', True) else None)
         if why is None: return
         self._ckpt = None
         self._event('no_checkpoints', f'checkpoints are not written in {why}; a run resumes here only at an epoch '
@@ -400,7 +419,7 @@ def _guard(self:ReproducibleCallback, f, sc:FitScope):
     except Exception as e:
         if self.strict: raise
         sc.facts,sc.rows,sc.row = None,[],None
-        warnings.warn(f'ReproducibleCallback: recording stopped ({type(e).__name__}: {e}); training goes on', ReproducibilityWarning)
+        repro_warn(f'recording stopped ({type(e).__name__}: {e}); training goes on')
 
 # %% ../nbs/03_callback.ipynb #b1225220
 @patch
@@ -410,16 +429,17 @@ def _start_facts(self:ReproducibleCallback, sc:FitScope):
 
 @patch
 def _check_ranks(self:ReproducibleCallback, sc:FitScope):
-    "Distributed training (fastai's `DistributedTrainer`): raise unless every rank starts this fit from the same weights"
+    "Distributed training (fastai's `DistributedTrainer`): raise unless all ranks start this fit from the same weights"
     rank, world = distributed()
     if world < 2 or not hasattr(self.learn, 'distributed_trainer'): return
     mine, every = weights_digest(self.learn.model), [None] * world
     torch.distributed.all_gather_object(every, mine)
     if len(set(every)) > 1:
-        raise ReproducibilityError(
-            f'ReproducibleCallback: the {world} ranks start fit {sc.idx} from different weights (weight fingerprints by '
+        raise repro_error(
+            f'the {world} ranks start fit {sc.idx} from different weights (weight fingerprints by '
             f'rank: {every}; this is rank {rank}). Seed every rank alike before the model is built: pass the same '
-            f'seed on every rank, e.g. vision_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by rank')
+            f'seed on every rank, e.g. vision_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by '
+            f'rank')
 
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):
@@ -437,7 +457,8 @@ def _end_row(self:ReproducibleCallback, sc:FitScope):
     sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())
     sc.row = None
     # with a reference on the CPU, check every batch: there is no device to synchronise with
-    if self._ref is not None and not self._checked and isinstance(loss, torch.Tensor) and loss.device.type == 'cpu': self._flush(sc)
+    live = self._live is not None and not self._live.checked
+    if live and isinstance(loss, torch.Tensor) and loss.device.type == 'cpu': self._flush(sc)
 
 # %% ../nbs/03_callback.ipynb #c96047cd
 def _to_host(vals:list, dtype) -> list:
@@ -446,7 +467,8 @@ def _to_host(vals:list, dtype) -> list:
     out = [None] * len(vals)
     if idx:
         dev = vals[idx[0]].device
-        on_dev = dtype if dev.type != 'mps' else torch.float32 if dtype.is_floating_point else torch.int32 # MPS: no 64 bits
+        # MPS has no 64-bit types
+        on_dev = dtype if dev.type != 'mps' else torch.float32 if dtype.is_floating_point else torch.int32
         got = torch.stack([vals[i].reshape(()).to(device=dev, dtype=on_dev) for i in idx]).cpu().to(dtype).tolist()
         for i, g in zip(idx, got): out[i] = g
     return out
@@ -463,7 +485,7 @@ def _flush(self:ReproducibleCallback, sc:FitScope):
 
 # %% ../nbs/03_callback.ipynb #9ac9eb7b
 def _stopped(sc:FitScope, status:str, reason:str|None=None) -> dict:
-    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, and the first batch not finished"
+    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, the first batch not finished"
     if status == 'completed': return dict(status=status)
     if sc.at is None: return dict(status=status, reason=reason, epoch=None, phase=None, iter=None) # before any batch
     epoch, training, it = sc.at
@@ -489,7 +511,7 @@ def _save_for_nbcheck(record:RunRecord, owner):
     try:
         if (p := kernel_record_path(owner)) is not None: record.save(p)
     except Exception as e:
-        warnings.warn(f'ReproducibleCallback: the record for nbcheck was not saved: {type(e).__name__}: {e}', ReproducibilityWarning)
+        repro_warn(f'the record for nbcheck was not saved: {type(e).__name__}: {e}')
 
 @patch
 def _save(self:ReproducibleCallback, sc:FitScope):
@@ -522,32 +544,24 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
     if sc.facts is not None:
         sc.facts['end'] = sc.end or _ending(sc, exc)
         if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
-        attempt(self._guard, self._end_facts, sc) # a strict divergence raises: the record is kept and saved all the same
+        # a strict divergence raises: the record is kept and saved all the same
+        attempt(self._guard, self._end_facts, sc)
     if sc.kind == 'train':
         if self._ckpt is not None and self._ckpt.failures: attempt(self._unwritten)
         if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
-            _remember(self._key, self.record)
+            PREVIOUS.remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)
         _save_for_nbcheck(self.record, self)
     if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
-    for e in errs: warnings.warn(f'ReproducibleCallback: closing a fit: {type(e).__name__}: {e}', ReproducibilityWarning)
+    for e in errs: repro_warn(f'closing a fit: {type(e).__name__}: {e}')
 
 # %% ../nbs/03_callback.ipynb #13a13941
-_previous:OrderedDict = OrderedDict() # (seed, creation site) -> record of the latest complete run of that experiment
-PREVIOUS_KEPT = 8 # experiments whose latest record is kept for `compare_previous`
-
-def _remember(key:tuple, record:RunRecord):
-    "Keep `record` as the latest run of experiment `key`; forget the oldest experiments beyond `PREVIOUS_KEPT`"
-    _previous[key] = record
-    _previous.move_to_end(key)
-    while len(_previous) > PREVIOUS_KEPT: _previous.popitem(last=False)
-
 @patch
 def _event(self:ReproducibleCallback, name:str, msg:str, **kw):
     "Record event `name` and warn with `msg` (a divergence raises instead when `strict`)"
     self.record.events.append(dict(event=name, before_fit=self.n_fit, message=msg, **kw))
-    if self.strict and name == 'divergence': raise ReproducibilityError(f'ReproducibleCallback: {msg}')
-    warnings.warn(f'ReproducibleCallback: {msg}', ReproducibilityWarning, stacklevel=2)
+    if self.strict and name == 'divergence': raise repro_error(msg)
+    repro_warn(msg, stacklevel=2)
 
 @patch
 def _check_one_learner(self:ReproducibleCallback, learn):
@@ -571,30 +585,8 @@ def _attach(self:ReproducibleCallback, creating:bool=False):
     self._learner = weakref.ref(self.learn)
 
 # %% ../nbs/03_callback.ipynb #165ecc58
-def _neq(x, y) -> bool: return x != y and not (x != x and y != y) # NaN equals NaN here
-
-@patch
-def _ref_index(self:ReproducibleCallback) -> dict:
-    "The reference's batch rows by (fit, epoch, phase, iter), built once"
-    if 'ref_index' not in self._state:
-        cols = self._ref.columns
-        ks = [cols.index(k) for k in BATCH_KEYS] if set(BATCH_KEYS) <= set(cols) else None
-        self._state['ref_index'] = {tuple(r[i] for i in ks): dict(zip(cols, r)) for r in self._ref.rows} if ks else {}
-    return self._state['ref_index']
-
 @patch
 def _live_check(self:ReproducibleCallback, rows:list|None=None):
-    "Compare the run so far with the reference; the full comparison runs only when a new row differs, once"
-    if self._ref is None or self._checked: return
-    if rows is not None:
-        idx = self._ref_index()
-        refs = [(idx.get(tuple(r[k] for k in BATCH_KEYS)), r) for r in rows]
-        if not any(_neq(ref[c], r[c]) for ref, r in refs if ref for c in ref if c in r and c not in BATCH_KEYS): return
-    c = compare(self._ref, self.record, partial=True)
-    if c.same or set(c.causes) <= {'interrupted', 'incomplete', 'empty'}: return # no divergence (yet)
-    self._checked = True # one report per run; an intended change explains every later difference
-    accidents = [x for x in c.causes if x not in INTENDED and x != 'interrupted']
-    if not accidents: return
-    where = f' (first at {c.first_divergence})' if c.first_divergence else ''
-    self._event('divergence', f'this run differs from the reference run{where}: ' +
-                '; '.join(f'{x}: {c.fixes[x]}' for x in accidents), causes=accidents)
+    "Compare the run so far with the reference (`LiveCheck`): the first accidental divergence warns (raises if strict)"
+    if self._live is not None and (found := self._live.divergence(self.record, rows)) is not None:
+        self._event('divergence', found[0], causes=found[1])

@@ -17,6 +17,7 @@ from fastai.callback.training import GradientAccumulation
 from .runrecord import RunRecord, RecordError, new_file_mode
 from .compare import OBSERVERS
 from .digests import text_digest
+from .seeding import PREFIX
 
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'Stacker', 'learner_state', 'restore_learner', 'run_name', 'checkpoint_name', 'checkpoints',
@@ -93,7 +94,8 @@ def learner_state(learn:Learner, stack:Stacker|None=None) -> dict:
     return dict(**_plain(dict(model=learn.model.state_dict(), opt=learn.opt.state_dict(), grads=grads,
                               scaler=scaler.state_dict() if scaler is not None else None,
                               pct_train=learn.pct_train, train_iter=learn.train_iter)),
-                **_plain(dict(callbacks=cbs, metrics=mets, loss=learn.loss, smooth_loss=learn.__dict__.get('smooth_loss')),
+                **_plain(dict(callbacks=cbs, metrics=mets, loss=learn.loss,
+                              smooth_loss=learn.__dict__.get('smooth_loss')),
                          placed=True, stack=stack)) # `stack`: the Recorder's losses, stacked once each
 
 def _unplain(o, dev):
@@ -323,7 +325,7 @@ def _find(p:Path, seed:int) -> Path:
 def _at_exit(ref):
     "At interpreter exit: say that the resume `ref` (a weak reference) never reached its checkpoint, if it did not"
     if (r := ref()) is not None and (why := r.unreached()) is not None:
-        print(f'ReproducibleCallback: error: {why}', file=sys.stderr, flush=True)
+        print(f'{PREFIX}error: {why}', file=sys.stderr, flush=True)
 
 class Resume:
     "A run resumed from checkpoint `path` (a file, or the latest in a folder): checks, skips and restores its fits"

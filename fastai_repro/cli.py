@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse, sys, tempfile, time, traceback, warnings
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 from .runrecord import RecordError
 from .compare import compare
 from .determinism import portable_kernels
+if TYPE_CHECKING: from fastai.learner import Learner # for annotations only: `diff` starts without fastai
 
 # %% auto #0
 __all__ = ['EpochTable', 'demo_run', 'demo', 'diff', 'check_notebooks', 'version_text', 'main']
@@ -137,14 +139,16 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser('demo', help='train twice with and without ReproducibleCallback and compare')
     d.add_argument('--seed', type=int, default=21, help='seed in [0, 2**32)')
     d.add_argument('--epochs', type=int, default=1, help='epochs of fine_tune')
-    d.add_argument('--arch', default='resnet18', help='a torchvision model name known to fastai (resnet18, resnet34, ...)')
-    d.add_argument('--data', default=None, help='a pets-style image folder (default: the digits, written to a temp folder)')
+    d.add_argument('--arch', default='resnet18',
+                   help='a torchvision model name known to fastai (resnet18, resnet34, ...)')
+    d.add_argument('--data', default=None,
+                   help='a pets-style image folder (default: the digits, written to a temp folder)')
     d.add_argument('--size', type=int, default=32, help='image size in pixels')
     d.add_argument('--native', action='store_true', help="the CPU's own kernels (default: portable, the AVX2 baseline)")
     f = sub.add_parser('diff', help='why two saved run records differ (exit 0 same, 1 differ, 2 bad input)')
     f.add_argument('a'); f.add_argument('b')
-    n = sub.add_parser('nbcheck', help="execute notebooks and compare their outputs with the saved ones (exit 0 same, 1 "
-                       "differ, 2 error, 3 could not be checked here)")
+    n = sub.add_parser('nbcheck', help="execute notebooks and compare their outputs with the saved ones "
+                       "(exit 0 same, 1 differ, 2 error, 3 could not be checked here)")
     n.add_argument('paths', nargs='+', help='notebooks, or folders to search for them')
     n.add_argument('--update', action='store_true', help='write the new outputs into the notebooks that differ')
     n.add_argument('--n-workers', type=int, default=1, help='notebooks executed at a time, each in its own kernel')
@@ -167,7 +171,8 @@ def main(argv=None) -> int:
             return 2
         return check_notebooks(args.paths, args.update, args.n_workers, args.timeout, args.native, args.rtol)
     if not args.native: portable_kernels() # first: the same numbers as the README's on every x86-64 CPU
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated') # raised by importing fastai; noise here
+    # raised by importing fastai; noise here
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')
     from fastai.vision import models
     from fastai_repro.seeding import check_seed
     if not hasattr(models, args.arch): p.error(f'--arch {args.arch!r} is not a model in fastai.vision.models')

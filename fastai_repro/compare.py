@@ -36,7 +36,8 @@ def fact(comp:str, f:dict) -> dict:
     if comp == 'flags' and isinstance(res['flags'], dict): # whether a kernel with no deterministic form warns or raises
         res['flags'] = {k: v for k, v in res['flags'].items() if k != 'warn_only'} # changes no number
     if comp == 'callbacks':
-        res['callbacks'] = [c for c in res['callbacks'] or [] if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
+        res['callbacks'] = [c for c in res['callbacks'] or []
+                            if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
     return res
 
 def _carried(fits:list, i:int) -> bool:
@@ -47,7 +48,8 @@ def _carried(fits:list, i:int) -> bool:
 def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
     "Component -> description of what differs between the fits `fa` and `fb` (absent when equal)"
     res = {}
-    if len(fa) != len(fb) and not (partial and len(fb) <= len(fa)): res['hyperparameters'] = f'{len(fa)} fits vs {len(fb)}'
+    if len(fa) != len(fb) and not (partial and len(fb) <= len(fa)):
+        res['hyperparameters'] = f'{len(fa)} fits vs {len(fb)}'
     for i, (a, b) in enumerate(zip(fa, fb)):
         other_opt = fact('optimizer', a) != fact('optimizer', b) # then its hyper-parameters differ too: not a cause
         for comp in FACTS:
@@ -105,8 +107,9 @@ class Divergence:
 def _where(r) -> str: return f'fit {int(r.fit)}, epoch {int(r.epoch)}, {r.phase} batch {int(r.iter)}'
 
 def batch_columns(df:pd.DataFrame) -> list:
-    "The columns of a batch table that are compared: generators, then inputs, targets, loss, and whether it was cancelled"
-    return [c for c in df.columns if c.startswith('rng_')] + [c for c in DIGEST_KEYS + ('cancelled',) if c in df.columns]
+    "The compared columns of a batch table: generators, then inputs, targets, loss, and whether it was cancelled"
+    return ([c for c in df.columns if c.startswith('rng_')]
+            + [c for c in DIGEST_KEYS + ('cancelled',) if c in df.columns])
 
 def _differs(x:pd.Series, y:pd.Series) -> np.ndarray:
     "Row by row, whether `x` and `y` differ; a null equals a null, and a NaN loss a NaN"
@@ -184,7 +187,8 @@ _FLAG_OK = {'cudnn.deterministic': True, 'cudnn.benchmark': False, 'deterministi
 def _flags_note(a:RunRecord, b:RunRecord) -> str:
     off = sorted({k for r in (a, b) for f in r.fits for k, v in _FLAG_OK.items()
                   if (f.get('env') or {}).get('flags', {}).get(k, v) != v})
-    if off: return f"determinism flags were off in both: {', '.join(off)}; keep ReproducibleCallback(deterministic=True)"
+    if off: return (f"determinism flags were off in both: {', '.join(off)}; "
+                    "keep ReproducibleCallback(deterministic=True)")
     return ('every determinism flag was on: an operation with no deterministic implementation (see torch\'s warnings; '
             'strict=True makes them errors) or an outside source of entropy (os.urandom, time, threads) is at work')
 
@@ -345,7 +349,8 @@ def compare(a, b, partial:bool=False) -> Comparison:
     causes, why = _causes(facts, fd, a, b)
     if stop and 'interrupted' not in causes: causes, why['interrupted'] = causes + ['interrupted'], stop[2]
     lone = [f'{cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov[k]]
-    lone += [f"column {', '.join(cov[k])} recorded by run {k[-1]} only" for k in ('columns_a', 'columns_b') if cov.get(k)]
+    lone += [f"column {', '.join(cov[k])} recorded by run {k[-1]} only"
+             for k in ('columns_a', 'columns_b') if cov.get(k)]
     if not causes and lone and not partial:
         causes, why['incomplete'] = ['incomplete'], f"{n} batches compared and bit-identical, but " + ' and '.join(lone)
     fixes = {c: FIXES[c].format(detail=why.get(c), where=fd) for c in causes}
@@ -357,7 +362,8 @@ def plot_divergence(a, b, figsize=(9, 4)):
     import matplotlib.pyplot as plt
     a, b = _load(a), _load(b)
     j, d = batch_diffs(a, b)
-    if j is None: raise ValueError('the two records share no recorded batch: nothing to plot; record batches with every=1')
+    if j is None:
+        raise ValueError('the two records share no recorded batch: nothing to plot; record batches with every=1')
     fd = first_divergence(a, b, (j, d))
     fig, (ax, strip) = plt.subplots(2, 1, figsize=figsize, sharex=True, gridspec_kw=dict(height_ratios=[2, 1]))
     x = range(len(j))
@@ -368,6 +374,7 @@ def plot_divergence(a, b, figsize=(9, 4)):
         ax.set_title(f'first divergence: {fd}', fontsize=9)
     ax.set_ylabel('loss'); ax.legend()
     strip.imshow(d.T.values.astype(float), aspect='auto', cmap='Reds', vmin=0, vmax=1, interpolation='nearest')
-    strip.set_yticks(range(len(d.columns)), d.columns, fontsize=7); strip.set_xlabel('batch (in the order run a recorded them)')
+    strip.set_yticks(range(len(d.columns)), d.columns, fontsize=7)
+    strip.set_xlabel('batch (in the order run a recorded them)')
     fig.tight_layout()
     return fig

@@ -40,7 +40,8 @@ def make_digits_folder(path, size:int=32, n:int|None=None) -> Path:
     d = load_digits()
     names = [digit_fname(int(y), i) for i, y in enumerate(d.target[:n])]
     if path.exists():
-        if sorted(f for f in os.listdir(path) if f.endswith('.png')) == sorted(names): return path # `models/` of lr_find may be there
+        # `models/` of lr_find may be there
+        if sorted(f for f in os.listdir(path) if f.endswith('.png')) == sorted(names): return path
         raise ValueError(f"{path} exists and does not hold the {len(names)} digit images; pass a new or empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.'))
@@ -54,7 +55,8 @@ def make_digits_folder(path, size:int=32, n:int|None=None) -> Path:
 def digits_dls(path, seed:int|None=21, size:int=32, bs:int=64, num_workers:int=0, augment:bool=True, **kwargs):
     "The pets notebook's `ImageDataLoaders.from_name_func` on the pets-style image folder `path`"
     files = get_image_files(path).sorted()
-    if not files: raise ValueError(f"no image files in {path}; pass a pets-style folder or make one with make_digits_folder")
+    if not files:
+        raise ValueError(f"no image files in {path}; pass a pets-style folder or make one with make_digits_folder")
     return ImageDataLoaders.from_name_func(
         path, files, valid_pct=0.2, seed=seed, label_func=is_upper, bs=bs, num_workers=num_workers,
         item_tfms=RandomResizedCrop(size, min_scale=0.8) if augment else Resize(size),

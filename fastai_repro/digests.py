@@ -10,8 +10,8 @@ from torch import nn
 from .seeding import fastai_loaders
 
 # %% auto #0
-__all__ = ['bytes_digest', 'mix', 'text_digest', 'position_weights', 'tensor_digest', 'tensors_digest', 'weights_digest',
-           'weights_equal', 'arch_digest', 'torch_fingerprint', 'step_fingerprints', 'py_fingerprint',
+__all__ = ['bytes_digest', 'mix', 'text_digest', 'position_weights', 'reset_position_weights', 'tensor_digest', 'tensors_digest',
+           'weights_digest', 'weights_equal', 'arch_digest', 'torch_fingerprint', 'step_fingerprints', 'py_fingerprint',
            'generator_fingerprints']
 
 # %% ../nbs/01_digests.ipynb #358f47fb
@@ -41,6 +41,10 @@ def position_weights(n:int, device) -> torch.Tensor:
         w = _weights[device] = ((z ^ (z >> 31)) >> 32).to(torch.int32) | 1
     return w[:n]
 
+def reset_position_weights():
+    "Free the position weights kept on every device (`position_weights` makes them again when asked)"
+    _weights.clear()
+
 # %% ../nbs/01_digests.ipynb #3cdac74d
 def _words(t:torch.Tensor) -> torch.Tensor:
     b = t.detach().as_subclass(torch.Tensor).contiguous().view(-1) # a plain tensor: fastai's subclasses add overhead
@@ -50,7 +54,8 @@ def _words(t:torch.Tensor) -> torch.Tensor:
 def tensor_digest(t:torch.Tensor) -> torch.Tensor:
     "Exact, order-sensitive 64-bit digest of `t`'s bytes, dtype and shape, as a 0-d int64 tensor on `t`'s device"
     w = _words(t)
-    return (w * position_weights(w.numel(), w.device)).sum(dtype=torch.int64) + text_digest(f'{t.dtype}{tuple(t.shape)}')
+    return ((w * position_weights(w.numel(), w.device)).sum(dtype=torch.int64)
+            + text_digest(f'{t.dtype}{tuple(t.shape)}'))
 
 def tensors_digest(ts) -> torch.Tensor:
     "Digest of a tensor or a tuple of tensors (a batch's inputs or targets), on their device"
@@ -96,7 +101,8 @@ def torch_fingerprint() -> int:
 
 def _cuda_fingerprints(suffix:str='') -> dict:
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()): return {}
-    return {f'rng_cuda{i}{suffix}': bytes_digest(torch.cuda.get_rng_state(i).numpy()) for i in range(torch.cuda.device_count())}
+    return {f'rng_cuda{i}{suffix}': bytes_digest(torch.cuda.get_rng_state(i).numpy())
+            for i in range(torch.cuda.device_count())}
 
 def step_fingerprints() -> dict:
     "Fingerprints of the generators the model itself draws from (torch CPU and CUDA), taken after each step"
@@ -110,4 +116,5 @@ def py_fingerprint(g=random) -> int: # the `random` module, or a `random.Random`
 def generator_fingerprints(dls=None) -> dict:
     "A 64-bit fingerprint of the state of each generator: Python, NumPy, torch, each CUDA device, each loader's `rng`"
     return {'rng_random': py_fingerprint(), 'rng_numpy': _np_state(), 'rng_torch': torch_fingerprint(),
-            **_cuda_fingerprints(), **{f'rng_dl{i}': py_fingerprint(dl.rng) for i, dl in enumerate(fastai_loaders(dls))}}
+            **_cuda_fingerprints(),
+            **{f'rng_dl{i}': py_fingerprint(dl.rng) for i, dl in enumerate(fastai_loaders(dls))}}

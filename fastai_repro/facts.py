@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from . import __version__
-from .seeding import determinism_flags, distributed
+from .seeding import distributed
+from .determinism import determinism_flags
 from .determinism import cpu_isa, kernel_facts, system
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
@@ -103,7 +104,8 @@ def data_facts(dls) -> dict:
     root = getattr(dls, 'path', None)
     prefixes = () if root is None else tuple({str(Path(root)) + os.sep, str(Path(root).resolve()) + os.sep})
     tr, va = (_item_digests(dl.dataset, prefixes) for dl in (dls.train, dls.valid))
-    loaders = dict(dataloaders=[dataloader_settings(dl) for dl in getattr(dls, 'loaders', None) or [dls.train, dls.valid]])
+    loaders = dict(dataloaders=[dataloader_settings(dl)
+                                for dl in getattr(dls, 'loaders', None) or [dls.train, dls.valid]])
     if tr is None or va is None: return dict(items=None, split=None, n_train=None, n_valid=None, **loaders) # iterable
     return dict(items=_set_digest(np.concatenate([tr, va])), split=mix(_set_digest(tr), _set_digest(va)),
                 n_train=len(tr), n_valid=len(va), **loaders)
@@ -113,7 +115,8 @@ def _no_address(s:str) -> str: return re.sub(r' at 0x[0-9a-fA-F]+', '', s) # rep
 def dataloader_settings(dl) -> dict:
     "A loader's batch size, shuffling, workers and transforms"
     fake = getattr(dl, 'fake_l', None)
-    return dict(bs=getattr(dl, 'bs', None), shuffle=getattr(dl, 'shuffle', None), drop_last=getattr(dl, 'drop_last', None),
+    return dict(bs=getattr(dl, 'bs', None), shuffle=getattr(dl, 'shuffle', None),
+                drop_last=getattr(dl, 'drop_last', None),
                 num_workers=getattr(fake, 'num_workers', getattr(dl, 'num_workers', None)),
                 **{k: _no_address(repr(getattr(dl, k, None))) for k in ('after_item', 'before_batch', 'after_batch')})
 
@@ -157,7 +160,8 @@ def fit_call(learn) -> list:
     while f is not None:
         if f.f_code.co_name in FIT_METHODS and f.f_locals.get('self') is learn:
             args = inspect.getargvalues(f)
-            res.append(dict(method=f.f_code.co_name, args={a: jsonable(args.locals[a]) for a in args.args[1:] if a != 'cbs'}))
+            res.append(dict(method=f.f_code.co_name,
+                            args={a: jsonable(args.locals[a]) for a in args.args[1:] if a != 'cbs'}))
         f = f.f_back
     return res[::-1]
 
@@ -203,6 +207,7 @@ def learner_settings(learn) -> dict:
 def fit_facts(learn) -> dict:
     "Everything a user can change that goes into a fit: environment, call, training, data, model"
     return dict(env=environment(), call=fit_call(learn), n_epoch=learn.n_epoch, hypers=jsonable(learn.opt.hypers),
-                learner=learner_settings(learn), optimizer=optimizer_facts(learn), loss_func=loss_facts(learn.loss_func),
+                learner=learner_settings(learn), optimizer=optimizer_facts(learn),
+                loss_func=loss_facts(learn.loss_func),
                 callbacks=callback_facts(sorted(learn.cbs, key=lambda c: c.order)), **data_facts(learn.dls), # as run
                 architecture=arch_digest(learn.model), init_weights=weights_digest(learn.model))

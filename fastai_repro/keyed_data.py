@@ -9,7 +9,7 @@ import hashlib, operator, random, sys
 import numpy as np, torch
 from torch.utils.data import get_worker_info
 from fasttransform import Pipeline
-from .seeding import MASK32, derive_seed, finalize, keyed_rng, _unwrap
+from .seeding import MASK32, derive_seed, finalize, keyed_rng, unwrap_loader
 
 # %% auto #0
 __all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'seed_item', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
@@ -50,13 +50,13 @@ class LoaderKeys:
         self.replaced, self.rng = {}, (dl.rng, dl.rng.getstate()) # what the keying replaced, to give back
         self.key, self.saved = None, None
 
-    def _holders(self) -> dict:
+    def holders(self) -> dict:
         "The objects whose attributes the keying sets, by the names `replaced` keeps them under"
         return dict(dl=self.dl, fake_l=self.runner.fake_l, outer=self.outer)
 
     def _set(self, holder:str, name:str, value):
         "Set `name` on `holder` to `value`, keeping what it held unless that was the keying's already"
-        o = self._holders()[holder]
+        o = self.holders()[holder]
         if not _ours(name, o.__dict__.get(name)): self.replaced[holder, name] = o.__dict__.get(name, _Absent)
         setattr(o, name, value)
 
@@ -71,7 +71,8 @@ class LoaderKeys:
     def start(self, key:tuple, skip:int=0):
         "Key the loader's next pass (an epoch) to `key`: its shuffle, its workers' seeds, its items and batches"
         if skip and not self.dl.indexed:
-            raise ValueError(f'cannot start a pass at batch {skip} of a loader without an index (an iterable data set): '
+            raise ValueError(f'cannot start a pass at batch {skip} of a loader without an index '
+                             f'(an iterable data set): '
                              f'its items are keyed by their position, so the batches before would have to be made')
         self.put_back()
         self.wrap()
@@ -111,7 +112,7 @@ class LoaderKeys:
         "Put the loader back as it was before it was first keyed; what others set since is left to them"
         self.put_back()
         for (holder, name), old in self.replaced.items():
-            o = self._holders()[holder]
+            o = self.holders()[holder]
             if not _ours(name, o.__dict__.get(name)): continue # replaced by someone else since
             if old is _Absent: del o.__dict__[name]
             else: o.__dict__[name] = old
@@ -124,7 +125,7 @@ class SkipStart:
     def __call__(self) -> list:
         keys = self.keys
         holder = 'outer' if keys.outer is not None else 'dl'
-        o, f = keys._holders()[holder], keys.replaced.get((holder, 'get_idxs'), _Absent)
+        o, f = keys.holders()[holder], keys.replaced.get((holder, 'get_idxs'), _Absent)
         idxs = list(f() if f is not _Absent else type(o).get_idxs(o)) # shuffled as in a whole pass
         n, self.n = self.n * (keys.dl.bs or 1), 0 # this pass only
         return idxs[n:]
@@ -173,7 +174,7 @@ class KeyedBatch:
 # %% ../nbs/00a_keyed_data.ipynb #f53e6db1
 def loader_keys(dl) -> LoaderKeys|None:
     "The keying of `dl` (a fastai loader, or a `DistributedDL` around one); `None` when it is not keyed"
-    d = _unwrap(dl).__dict__
+    d = unwrap_loader(dl).__dict__
     if isinstance(d.get('do_item'), KeyedItem): return d['do_item'].keys
     return d['after_batch']._kb_keys if type(d.get('after_batch')) is KeyedBatch else None
 
@@ -185,8 +186,8 @@ def broadcast_indices(t:list, rank:int) -> list:
     return t.cpu().tolist()
 
 def isolate_loader(dl, key:tuple, skip:int=0) -> LoaderKeys:
-    "Key `dl`'s next pass to `key` (shuffle, items, batches, worker seeds), apart from the global streams; start at `skip`"
-    keys = loader_keys(dl) or LoaderKeys(_unwrap(dl), dl)
+    "Key `dl`'s next pass to `key` (shuffle, items, batches, worker seeds) apart from global streams; start at `skip`"
+    keys = loader_keys(dl) or LoaderKeys(unwrap_loader(dl), dl)
     keys.start(key, skip)
     return keys
 

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .determinism import PORTABLE_ENV, cpu_isa, kernel_mode, portable_possible, system
 from .runrecord import write_atomic
+from .kernel_records import RECORDS_ENV, file_safe
 
 # %% auto #0
-__all__ = ['EXTRAS', 'RULES', 'RECORDS_ENV', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'DIFF_LINES', 'MissingExtraError',
-           'missing_extra', 'require_extra', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines',
-           'cell_lines', 'NbcheckError', 'valid_timeout', 'notebook_kernel', 'kernel_missing', 'kernel_record_path',
-           'running_request', 'file_safe', 'records_folder', 'cell_key', 'cell_records', 'explain', 'named_records',
-           'same_records', 'save_records', 'kernel_env', 'run_environment', 'bits_unreachable', 'saved_environment',
-           'record_devices', 'loose_check', 'CellResult', 'NotebookResult', 'worst', 'execute', 'compare_cells',
-           'write_notebook', 'check', 'report', 'notebooks', 'nbcheck']
+__all__ = ['EXTRAS', 'RULES', 'META_KEY', 'PACKAGES', 'BITS_NEED', 'STATUS', 'DIFF_LINES', 'MissingExtraError', 'missing_extra',
+           'require_extra', 'directives', 'runs', 'compared', 'skip_flags', 'output_lines', 'cell_lines',
+           'NbcheckError', 'valid_timeout', 'notebook_kernel', 'kernel_missing', 'records_folder', 'cell_key',
+           'cell_records', 'explain', 'named_records', 'same_records', 'save_records', 'kernel_env', 'run_environment',
+           'bits_unreachable', 'saved_environment', 'record_devices', 'loose_check', 'CellResult', 'NotebookResult',
+           'worst', 'execute', 'compare_cells', 'write_notebook', 'check', 'report', 'notebooks', 'nbcheck']
 
 # %% ../nbs/04a_nbcheck.ipynb #8da7cad4
 EXTRAS = {'nbcheck': ('nbformat', 'nbclient', 'jupyter_client', 'ipykernel')} # an extra -> the modules it brings
@@ -77,7 +77,8 @@ RULES = {'time': "the `time` column of fastai's training tables", 'progress': 'p
 
 _ADDRESS = re.compile(r' at 0x[0-9a-fA-F]+')
 _SITE = re.compile(r'(?<![^\s"\'(=:,\[])/[^\s"\'(:,]*?/(site|dist)-packages/') # one path at a time, up to its first
-_BAR = re.compile(r'\|[^|]*\|\s*\d+(\.\d+)?% \[[^\]]*\]') # fastprogress on a console: |███---| 12.50% [1/8 00:01<00:07]
+# fastprogress on a console: |███---| 12.50% [1/8 00:01<00:07]
+_BAR = re.compile(r'\|[^|]*\|\s*\d+(\.\d+)?% \[[^\]]*\]')
 _CLOCK = r'(\d+:)?\d\d:\d\d'
 _TQDM = re.compile(rf'\S \[{_CLOCK}(<({_CLOCK}|\?))?, [^\]]*/[^\]]*\]\s*$') # tqdm: 40%|# | 4/10 [00:01<00:02, 3.9it/s]
 _WIDGET = 'application/vnd.jupyter.widget-view+json'
@@ -191,31 +192,6 @@ def kernel_missing(name:str) -> str|None:
             f"installed kernel in the notebook's kernelspec")
 
 # %% ../nbs/04a_nbcheck.ipynb #e0999a8e
-RECORDS_ENV = 'FASTAI_REPRO_NBCHECK_RECORDS'
-
-def kernel_record_path(owner) -> Path|None:
-    "Where `owner` (a callback training in the running cell) saves its record for `nbcheck`; `None` outside nbcheck"
-    folder = os.environ.get(RECORDS_ENV)
-    n = running_request() if folder else None # no IPython import in a plain script
-    if n is None: return None
-    slot = getattr(owner, '_nbcheck_slot', None)
-    if slot is None or slot[0] != n: # the first fit of this callback in this cell: the next number in the cell
-        slot = (n, _slots.setdefault(n, 0)); _slots[n] += 1; owner._nbcheck_slot = slot
-    return Path(folder)/f'{slot[0]}-{slot[1]}.jsonl'
-
-_slots:dict = {} # execute request -> callbacks that saved a record in that cell
-
-def running_request() -> str|None:
-    "The message id of the cell the Jupyter kernel is running (safe in a file name); `None` outside a kernel"
-    try:
-        from IPython import get_ipython
-        return file_safe(get_ipython().kernel.get_parent()['header']['msg_id'])
-    except (ImportError, AttributeError, KeyError, TypeError): return None # no IPython, no kernel, no request
-
-def file_safe(s:str) -> str:
-    "`s` with every character other than letters, digits, `_`, `.` and `-` replaced by `_`"
-    return re.sub(r'[^\w.-]', '_', s)
-
 def records_folder(nb_path) -> Path:
     "The folder beside the notebook where `--update` keeps its training cells' records"
     return Path(nb_path).with_suffix('.records')
@@ -236,13 +212,15 @@ def explain(new:list, saved:Path, key:str) -> list:
     from fastai_repro.compare import compare
     before = sorted(saved.glob(f'{key}-*.jsonl')) if saved.is_dir() else []
     if len(before) > len(new): # fewer runs with the callback than the previous execution saved
-        return [f'why: the previous execution saved {len(before)} records of this cell, this one made {len(new)}: the cell '
+        return [f'why: the previous execution saved {len(before)} records of this cell, '
+                f'this one made {len(new)}: the cell '
                 f'trains {"no longer" if not new else "fewer runs"} with ReproducibleCallback']
     res = []
     for k, p in enumerate(new):
         old = saved/f'{key}-{k}.jsonl'
         if not old.exists():
-            res.append(f'why: no record of run {k} of this cell was saved (nbcheck --update saves them in {saved})'); continue
+            res.append(f'why: no record of run {k} of this cell was saved '
+                       f'(nbcheck --update saves them in {saved})'); continue
         try: c = compare(old, p)
         except Exception as e: res.append(f'why: cannot compare run {k} with {old}: {type(e).__name__}: {e}'); continue
         res += [f'why (run {k} of this cell, compared with {old.name}): {c.verdict()}', f'  data: {_data_check(c)}']
@@ -266,7 +244,7 @@ def same_records(named:dict, saved:Path) -> bool:
     return have.keys() == named.keys() and all(have[n].read_bytes() == p.read_bytes() for n, p in named.items())
 
 def save_records(named:dict, saved:Path):
-    "Replace the records kept beside a notebook (none: no folder) with `named`: a new folder written whole, then swapped"
+    "Replace the records beside a notebook (none: no folder) with `named`: a new folder written whole, then swapped"
     tag = f'{os.getpid()}-{uuid.uuid4().hex[:8]}'
     tmp, old = saved.with_name(f'.{saved.name}.{tag}'), saved.with_name(f'.{saved.name}.{tag}.old')
     try:
@@ -473,7 +451,8 @@ def check(path, update:bool=False, timeout:int=600, native:bool=False, rtol:floa
         old = nb['metadata'] if isinstance(nb.get('metadata'), dict) else {}
         named, meta = named_records(now, new), {**old, META_KEY: {'environment': here}}
         try:
-            if not same_records(named, saved): save_records(named, saved) # records first: a notebook never points past them
+            # records first: a notebook never points past them
+            if not same_records(named, saved): save_records(named, saved)
             if res.differ or res.within or meta != nb.get('metadata'): write_notebook({**now, 'metadata': meta}, path)
             res.updated = bool(res.differ or res.within)
         except OSError as e: res.error = f'cannot save the new outputs or records: {type(e).__name__}: {e}'
@@ -516,7 +495,8 @@ def notebooks(paths) -> list:
     "The notebooks `paths` names, and those in its folders that `nbdev-test` runs (no name starting with `.` or `_`)"
     res = []
     for p in map(Path, paths):
-        if p.is_dir(): res += sorted(q for q in p.rglob('*.ipynb') if not any(s[0] in '._' for s in q.relative_to(p).parts))
+        if p.is_dir(): res += sorted(q for q in p.rglob('*.ipynb')
+                                     if not any(s[0] in '._' for s in q.relative_to(p).parts))
         else: res.append(p)
     return res
 

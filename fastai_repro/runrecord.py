@@ -360,6 +360,8 @@ class _Reader:
         except Exception: return None # not what the writer writes: read it line by line, to name the line
         bools = int(df[[c for c, k in zip(cols, kinds) if k == 'flag']].notna().sum().sum())
         keys = df[['fit', 'epoch', 'iter']]
-        if (len(df) != n or keys.isna().any(axis=None) or (keys < 0).any(axis=None) or not df.phase.isin(('train', 'valid')).all()
-            or rows.count(b'true') + rows.count(b'false') != bools): return None # true/false elsewhere: read as 1.0, 0.0
+        if (len(df) != n or keys.isna().any(axis=None) or (keys < 0).any(axis=None)
+            or not df.phase.isin(('train', 'valid')).all()
+            # true/false elsewhere: read as 1.0, 0.0
+            or rows.count(b'true') + rows.count(b'false') != bools): return None
         return fits, events, self.unique(df, range(first, first + n))

@@ -29,8 +29,8 @@ def vision_dls(small_digits):
 @pytest.fixture(autouse=True)
 def no_previous_run():
     "Each test starts with no earlier run to be compared with (the callback's `compare_previous`)"
-    from fastai_repro import callback
-    callback._previous.clear()
+    from fastai_repro.livecheck import reset_previous_runs
+    reset_previous_runs()
     yield
 
 # The longest tests (minutes each) by a part of their node id, longest first; pytest-xdist hands tests out in this order

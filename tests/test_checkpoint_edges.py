@@ -2,7 +2,7 @@
 of a fit the script does not reach, positions that disagree with the record, flipped bits, two runs in one folder,
 other tensors of the same size; and the weak points mended (foreign files, half-written files, `keep` over a
 resume, workers, skipped fits' callbacks, a full disk)."""
-import errno, gc, os, pickle, subprocess, sys, textwrap, warnings
+import errno, gc, pickle, subprocess, sys, textwrap, warnings
 from pathlib import Path
 import pytest, torch
 from fastai.callback.core import Callback

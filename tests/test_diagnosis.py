@@ -157,13 +157,13 @@ def test_other_torch_version(saved, tmp_path):
 
 def test_live_reference_warns_once_and_strict_stops(saved, new_dls):
     learn = quiet_learner(new_dls())
-    learn.reproducible._ref = RunRecord.load(saved)
+    learn.reproducible.reference = RunRecord.load(saved)
     with stray_draw(), pytest.warns(ReproducibilityWarning, match=r'differs from the reference run \(first at fit 0, epoch 0, train batch 5') as ws:
         fit1(learn)
     assert sum('differs from the reference' in str(w.message) for w in ws) == 1
     assert [e['causes'] for e in learn.reproducible.record.events if e['event'] == 'divergence'] == [['rng']]
     learn = quiet_learner(new_dls())
-    learn.reproducible.strict, learn.reproducible._ref = True, RunRecord.load(saved)
+    learn.reproducible.strict, learn.reproducible.reference = True, RunRecord.load(saved)
     with stray_draw(), pytest.raises(ReproducibilityError, match='train batch 5'): fit1(learn)
     assert len(learn.reproducible.record.rows) == 6 # stopped there: batches 0..5
 

@@ -46,7 +46,8 @@ from fastai.optimizer import SGD
 from fastai.test_utils import RegModel, synth_dbunch, synth_learner
 from fastai.torch_core import no_random, set_seed
 from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning
-from fastai_repro.seeding import determinism_flags, get_rng_state, set_determinism_flags
+from fastai_repro.seeding import get_rng_state
+from fastai_repro.determinism import determinism_flags, set_determinism_flags
 
 ATTACHED_LATE = 'ReproducibleCallback: the model was built before ReproducibleCallback seeded'
 TRAIN_BATCH = ['before_batch', 'after_pred', 'after_loss', 'before_backward', 'after_backward', 'before_step',

@@ -49,7 +49,7 @@ def state(learn) -> dict:
     cb = getattr(learn, 'reproducible', None)
     return dict(rng=get_rng_state(learn.dls), flags=determinism_flags(), n_fit=cb and cb.n_fit,
                 record=cb and (len(cb.record.fits), len(cb.record.batches), len(cb.record.events)),
-                open=len(repro_callback._open_scopes))
+                open=len(repro_callback.open_scopes()))
 
 def changes(a:dict, b:dict) -> list:
     "The parts of two `state` snapshots that differ, by name"

@@ -1,7 +1,6 @@
 """Issue 10: the callback is never the source of a difference, never breaks a fit that works without it, marks
 interrupted fits, compares only re-runs of one experiment, and refuses bad arguments when it is built."""
-import os, random, warnings
-from collections import OrderedDict
+import os, warnings
 from contextlib import contextmanager
 import numpy as np, pytest, torch
 from torch import nn
@@ -12,6 +11,7 @@ from fastai.learner import Learner
 from fastai.losses import MSELossFlat
 from fastai.test_utils import synth_dbunch, synth_learner
 from fastai_repro import callback as repro_callback
+from fastai_repro.livecheck import PREVIOUS, PREVIOUS_KEPT, PreviousRuns
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, compare, determinism_flags, get_rng_state,
                               weights_equal)
@@ -47,7 +47,7 @@ def test_flags_given_back_first_whatever_fails(monkeypatch):
         seen.append(determinism_flags()); raise RuntimeError('release failed')
     monkeypatch.setattr(repro_callback, 'release_loader', broken)
     with pytest.warns(ReproducibilityWarning, match='release failed'): quiet_fit(learn, 1)
-    assert seen == [before] and determinism_flags() == before and repro_callback._open_scopes == []
+    assert seen == [before] and determinism_flags() == before and repro_callback.open_scopes() == []
     assert learn.reproducible.record.fits[0]['end'] == {'status': 'completed'}
 
 # --- one callback, two learners -----------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_failed_inference_call_closes_what_it_opened():
     learn = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)), 1)
     flags, rng = determinism_flags(), get_rng_state(learn.dls)
     with pytest.raises(RuntimeError, match='inference failed'): learn.validate(cbs=FailAfterUs())
-    assert determinism_flags() == flags and repro_callback._open_scopes == []
+    assert determinism_flags() == flags and repro_callback.open_scopes() == []
     after = get_rng_state(learn.dls)
     assert after['random'] == rng['random'] and torch.equal(after['torch'], rng['torch'])
 
@@ -184,10 +184,13 @@ def test_cancelled_batch_row():
 
 # --- live comparison only with a re-run of the same experiment ----------------------------------------------------
 def test_unrelated_experiments_do_not_warn_each_other():
+    "A re-run of one experiment is compared with its first run (no divergence); another experiment with nothing"
     with warnings.catch_warnings(), switched(ExtraDraw):
         warnings.simplefilter('error', ReproducibilityWarning)
-        quiet_fit(synth_learner(cbs=ReproducibleCallback(21)), 1)
-        quiet_fit(synth_learner(n_trn=20, cbs=[ReproducibleCallback(21), ExtraDraw()]), 1) # another experiment
+        runs = [quiet_fit(synth_learner(cbs=ReproducibleCallback(21)), 1) for _ in range(2)] # one line, run twice
+        other = quiet_fit(synth_learner(n_trn=20, cbs=[ReproducibleCallback(21), ExtraDraw()]), 1) # another experiment
+    assert runs[1].reproducible.reference is runs[0].reproducible.record # the comparison ran, and found nothing
+    assert other.reproducible.reference is None and PREVIOUS.records()[-1] is other.reproducible.record
 
 def test_a_rerun_of_the_same_code_is_compared():
     "The contrast: the same line run twice (a loop, a notebook cell run again) is compared, and warns once"
@@ -199,10 +202,10 @@ def test_a_rerun_of_the_same_code_is_compared():
     assert len(divergences) == 1 and 'rng:' in str(divergences[0].message)
 
 def test_previous_runs_are_bounded(monkeypatch):
-    monkeypatch.setattr(repro_callback, '_previous', OrderedDict())
-    n = repro_callback.PREVIOUS_KEPT
-    for i in range(3 * n): repro_callback._remember((21, (('f', i),)), i)
-    assert list(repro_callback._previous.values()) == list(range(2 * n, 3 * n)) # the oldest are forgotten
+    runs = PreviousRuns()
+    n = PREVIOUS_KEPT
+    for i in range(3 * n): runs.remember((21, (('f', i),)), i)
+    assert runs.records() == list(range(2 * n, 3 * n)) # the oldest are forgotten
 
 def test_interrupted_run_is_no_reference():
     "A stopped run is not kept as the reference of its experiment; the next complete run is"
@@ -210,7 +213,7 @@ def test_interrupted_run_is_no_reference():
     for stop in (True, False):
         learn = synth_learner(cbs=[ReproducibleCallback(21)] + ([StopAt(CancelFitException)] if stop else []))
         quiet_fit(learn)
-        kept.append(list(repro_callback._previous.values()))
+        kept.append(PREVIOUS.records())
     assert kept == [[], [learn.reproducible.record]]
 
 def test_exported_callback_has_no_experiment(vision_dls, tmp_path):
@@ -222,7 +225,7 @@ def test_exported_callback_has_no_experiment(vision_dls, tmp_path):
     loaded = load_learner(tmp_path/'x.pkl')
     assert learn.reproducible._key and loaded.reproducible._key is None
     quiet_fit(loaded, 1)
-    assert list(repro_callback._previous.values()) == [learn.reproducible.record] # the loaded run is not kept
+    assert PREVIOUS.records() == [learn.reproducible.record] # the loaded run is not kept
 
 # --- bad arguments refused when the callback is built --------------------------------------------------------------
 @pytest.mark.parametrize('kwargs, msg', [

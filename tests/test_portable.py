@@ -2,7 +2,7 @@
 are forced to another instruction set (ATen's `default`, oneDNN capped at SSE4.1, MKL at SSE4.2), as a CPU of another
 kind would choose them natively. Native mode must differ from the saved run (the contrast); portable mode, set by the
 documented step over whatever the environment held, must give the saved bits."""
-import os, subprocess, sys, warnings
+import os, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 from fastai_repro.all import PORTABLE_ENV, compare, kernel_mode, kernels_late

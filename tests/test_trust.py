@@ -32,7 +32,7 @@ def test_added_callback_is_named(vision_dls):
     "Two runs that differ only by `GradientClip`: an intended change, named, and not warned about live"
     a = fit1(make_learner(vision_dls()))
     learn = make_learner(vision_dls(), cbs=[GradientClip(0.01)])
-    learn.reproducible._ref = a
+    learn.reproducible.reference = a
     with warnings.catch_warnings():
         warnings.simplefilter('error', ReproducibilityWarning) # intended: no warning
         b = fit1(learn)
@@ -78,7 +78,7 @@ def test_workers_change_nothing_and_warn_nothing(small_digits):
     "0 and 2 workers give bit-identical batches and weights: a setting that changed nothing, no warning, no strict error"
     a = fit1(make_learner(digits_dls(small_digits, seed=21, size=16, bs=32, num_workers=0)))
     learn = make_learner(digits_dls(small_digits, seed=21, size=16, bs=32, num_workers=2))
-    learn.reproducible.strict, learn.reproducible._ref = True, a
+    learn.reproducible.strict, learn.reproducible.reference = True, a
     with warnings.catch_warnings():
         warnings.simplefilter('error', ReproducibilityWarning)
         b = fit1(learn)
