@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, re, site, sys, sysconfig, time, weakref
+import os, re, site, sys, sysconfig, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
@@ -13,20 +13,19 @@ from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
 from fastai.learner import Learner
 from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, draw_seed,
-    derive_seed, seed_generators, get_rng_state, set_rng_state, fastai_loaders, finalize, distributed,
+    derive_seed, seed_generators, get_rng_state, set_rng_state, fastai_loaders, distributed,
     model_generators, batch_seed, seed_batch, MASK32, unwrap_loader)
 from .keyed_data import isolate_loader, give_back, release_loader
 from .determinism import (CUBLAS_ENV, kernel_mode, kernels_late,
     cublas_late, lock_determinism, set_determinism_flags) # (a short last line would defeat nbdev's relative import)
 from .livecheck import LiveCheck, PREVIOUS
-from .runrecord import RunRecord, DIGEST_KEYS
-from .digests import (torch_fingerprint, generator_fingerprints, step_fingerprints, tensors_digest,
-    weights_digest, arch_digest)
+from .runrecord import RunRecord
+from .digests import torch_fingerprint, weights_digest, arch_digest
 from .facts import fit_facts, jsonable, data_facts, contents_seen
 from .fastai_patches import (current_entries, entries, on_entry_exit, resume_at, deterministic_pools,
     restore_pools, check_tested_versions)
 from .checkpoint import Checkpointer, Resume
-from .kernel_records import kernel_record_path
+from .recorder import batch_row, end_row, rows_to_host, stopped, ending, save_new, save_for_nbcheck
 
 # %% auto #0
 __all__ = ['fit_kind', 'FitScope', 'open_scopes', 'creation_site', 'ReproducibleCallback']
@@ -325,7 +324,7 @@ class ReproducibleCallback(Callback):
         "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
         sc = self._scope()
         if not sc or sc.kind != 'train' or sc.hidden is not None: return # a skipped fit: nothing ran
-        sc.end = _stopped(sc, 'cancelled', 'CancelFitException')
+        sc.end = stopped(sc.at, sc.done, 'cancelled', 'CancelFitException')
         if sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
 
     def after_fit(self):
@@ -444,59 +443,29 @@ def _check_ranks(self:ReproducibleCallback, sc:FitScope):
 @patch
 def _start_row(self:ReproducibleCallback, sc:FitScope):
     "Begin the record's row of the batch under way: its position, generators and data digests"
-    epoch, training, it = sc.at # the batch `before_batch` just began
-    sc.row = dict(fit=sc.idx, epoch=epoch, phase='train' if training else 'valid', iter=it,
-                  **generator_fingerprints(self.dls), inputs=tensors_digest(self.xb), targets=tensors_digest(self.yb))
+    sc.row = batch_row(sc.idx, sc.at, self.dls, self.xb, self.yb) # the batch `before_batch` just began
     sc.rows.append(sc.row)
 
 @patch
 def _end_row(self:ReproducibleCallback, sc:FitScope):
     "Finish the row of the batch that ended: its loss (none if cancelled before it) and the generators it left"
     loss = _loop(self.learn, 'loss')
-    if sc.row.get('cancelled') and loss is sc.prev_loss: loss = None # cancelled before its loss: the last batch's
-    sc.row.update(loss=loss.detach() if isinstance(loss, torch.Tensor) else None, **step_fingerprints())
+    end_row(sc.row, loss, sc.prev_loss)
     sc.row = None
     # with a reference on the CPU, check every batch: there is no device to synchronise with
     live = self._live is not None and not self._live.checked
     if live and isinstance(loss, torch.Tensor) and loss.device.type == 'cpu': self._flush(sc)
 
 # %% ../nbs/03_callback.ipynb #c96047cd
-def _to_host(vals:list, dtype) -> list:
-    "Host values of 0-d tensors (`None` stays `None`), in one transfer"
-    idx = [i for i, v in enumerate(vals) if v is not None]
-    out = [None] * len(vals)
-    if idx:
-        dev = vals[idx[0]].device
-        # MPS has no 64-bit types
-        on_dev = dtype if dev.type != 'mps' else torch.float32 if dtype.is_floating_point else torch.int32
-        got = torch.stack([vals[i].reshape(()).to(device=dev, dtype=on_dev) for i in idx]).cpu().to(dtype).tolist()
-        for i, g in zip(idx, got): out[i] = g
-    return out
-
 @patch
 def _flush(self:ReproducibleCallback, sc:FitScope):
     rows, sc.rows, sc.row = sc.rows, [], None
     if not rows: return
-    for k in DIGEST_KEYS:
-        for r, v in zip(rows, _to_host([r.get(k) for r in rows], torch.float64 if k == 'loss' else torch.int64)):
-            r[k] = v if k == 'loss' or v is None else finalize(v)
+    rows_to_host(rows)
     self.record.add_rows(rows)
     self._live_check(rows)
 
 # %% ../nbs/03_callback.ipynb #9ac9eb7b
-def _stopped(sc:FitScope, status:str, reason:str|None=None) -> dict:
-    "How a fit ended: `status` ('completed', 'cancelled', 'interrupted', 'error'), why, the first batch not finished"
-    if status == 'completed': return dict(status=status)
-    if sc.at is None: return dict(status=status, reason=reason, epoch=None, phase=None, iter=None) # before any batch
-    epoch, training, it = sc.at
-    return dict(status=status, reason=reason, epoch=epoch, phase='train' if training else 'valid', iter=it + sc.done)
-
-def _ending(sc:FitScope, exc:BaseException|None) -> dict:
-    "How a fit that returned (`exc` None) or raised `exc` ended"
-    if exc is None: return _stopped(sc, 'completed')
-    status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'error'
-    return _stopped(sc, status, f'{type(exc).__name__}: {exc}'[:200])
-
 @patch
 def _end_facts(self:ReproducibleCallback, sc:FitScope):
     self._flush(sc)
@@ -506,23 +475,11 @@ def _end_facts(self:ReproducibleCallback, sc:FitScope):
     sc.facts['metrics'] = dict(names=names, values=jsonable(getattr(rec, 'values', [])))
     self._live_check() # the final weights too
 
-def _save_for_nbcheck(record:RunRecord, owner):
-    "Save `record` where `fastai-repro nbcheck` asks for it (nowhere outside its kernels); a failure only warns"
-    try:
-        if (p := kernel_record_path(owner)) is not None: record.save(p)
-    except Exception as e:
-        repro_warn(f'the record for nbcheck was not saved: {type(e).__name__}: {e}')
-
 @patch
 def _save(self:ReproducibleCallback, sc:FitScope):
-    if self.saved_as is not None: return self.record.save(self.saved_as)
-    folder = Path(self.save_to); folder.mkdir(parents=True, exist_ok=True)
-    rank, world = distributed()
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{self.seed}-pid{os.getpid()}" + (f'-rank{rank}' if world > 1 else '')
-    for i in range(1000):
-        try: self.saved_as = self.record.save(folder/f"{stem}{f'-{i}' if i else ''}.jsonl", overwrite=False); return
-        except FileExistsError: pass
-    raise FileExistsError(f'{folder}: 1000 records named {stem}* exist already; pass another save_to folder')
+    "Save the record: into the file of this run's first save, or a new one in `save_to`"
+    if self.saved_as is not None: self.record.save(self.saved_as)
+    else: self.saved_as = save_new(self.record, self.save_to, self.seed)
 
 @patch
 def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
@@ -542,7 +499,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
     for dl in sc.isolated: attempt(release_loader, dl)
     if sc.rng is not None: attempt(set_rng_state, sc.rng, sc.learn.dls)
     if sc.facts is not None:
-        sc.facts['end'] = sc.end or _ending(sc, exc)
+        sc.facts['end'] = sc.end or ending(sc.at, sc.done, exc)
         if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
         # a strict divergence raises: the record is kept and saved all the same
         attempt(self._guard, self._end_facts, sc)
@@ -551,7 +508,7 @@ def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
         if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
             PREVIOUS.remember(self._key, self.record)
         if self.save_to is not None: attempt(self._guard, self._save, sc)
-        _save_for_nbcheck(self.record, self)
+        save_for_nbcheck(self.record, self)
     if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
     for e in errs: repro_warn(f'closing a fit: {type(e).__name__}: {e}')
 
