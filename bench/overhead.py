@@ -60,20 +60,20 @@ def isolation_cost(path, seed=21):
     noise and of which augmentations the keys happen to pick"""
     from fastai.data.load import DataLoader
     from fasttransform import Pipeline
-    from fastai_repro import callback, keyed_data
+    from fastai_repro import keyed_data, scope
     acc, depth = dict.fromkeys(('item', 'item_inner', 'batch', 'batch_inner', 'epoch'), 0.), dict(item=0, batch=0)
     owners = dict(item=(keyed_data.KeyedItem, '__call__'), item_inner=(DataLoader, 'do_item'),
                   batch=(keyed_data.KeyedBatch, '__call__'), batch_inner=(Pipeline, '__call__'))
     saved = {k: getattr(o, m) for k, (o, m) in owners.items()}
     when = dict(item_inner=lambda: depth['item'] > 0, batch_inner=lambda: depth['batch'] > 0) # inside a wrapper only
     for k, (o, m) in owners.items(): setattr(o, m, timed(saved[k], acc, k, when.get(k), depth if k in depth else None))
-    per_epoch = ('isolate_loader', 'give_back', 'release_loader')
-    kept = {n: getattr(callback, n) for n in per_epoch}
-    for n in per_epoch: setattr(callback, n, timed(kept[n], acc, 'epoch'))
+    per_epoch = ((keyed_data, 'isolate_loader'), (scope, 'give_back'), (scope, 'release_loader')) # where called
+    kept = {n: getattr(m, n) for m, n in per_epoch}
+    for m, n in per_epoch: setattr(m, n, timed(kept[n], acc, 'epoch'))
     try: (t, c), _ = fit_time(path, 'isolated', seed)
     finally:
         for k, (o, m) in owners.items(): setattr(o, m, saved[k])
-        for n in per_epoch: setattr(callback, n, kept[n])
+        for m, n in per_epoch: setattr(m, n, kept[n])
     cost = acc['item'] - acc['item_inner'] + acc['batch'] - acc['batch_inner'] + acc['epoch']
     return dict(fit_s=t, items_s=acc['item'] - acc['item_inner'], batches_s=acc['batch'] - acc['batch_inner'],
                 epochs_s=acc['epoch'], share=cost / t)

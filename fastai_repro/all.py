@@ -9,8 +9,8 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'kernels_late', 'determinism_flags', 'lock_determinism', 'set_determinism_flags', 'distributed', 'RunRecord',
            'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
            'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence',
-           'plot_divergence', 'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'make_digits_folder',
-           'digits_dls', 'is_upper']
+           'plot_divergence', 'fit_kind', 'open_scopes', 'reset_scopes', 'ReproducibleCallback', 'checkpoints',
+           'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
@@ -23,6 +23,7 @@ from .digests import (tensor_digest, tensors_digest, weights_digest, weights_equ
 from .facts import environment, data_facts, fit_facts
 from .runrecord import RunRecord, RecordError
 from .compare import compare, Comparison, Divergence, plot_divergence
+from .scope import fit_kind, open_scopes, reset_scopes
 from .callback import ReproducibleCallback
 from .checkpoint import checkpoints, read_checkpoint
 from .data import make_digits_folder, digits_dls, is_upper
@@ -36,4 +37,5 @@ _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal',
          'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison',
          'Divergence', 'plot_divergence',
-         'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']
+         'fit_kind', 'open_scopes', 'reset_scopes', 'ReproducibleCallback', 'checkpoints', 'read_checkpoint',
+         'make_digits_folder', 'digits_dls', 'is_upper']

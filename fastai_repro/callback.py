@@ -4,140 +4,27 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, re, site, sys, sysconfig, weakref
-from dataclasses import dataclass, field
+import os, weakref
 from pathlib import Path
-import numpy as np, torch
-from fastcore.basics import patch, store_attr
-from fastcore.foundation import L
-from fastai.callback.core import Callback, CancelFitException, TrainEvalCallback
+import torch
+from fastcore.basics import store_attr
+from fastai.callback.core import Callback, TrainEvalCallback
 from fastai.learner import Learner
-from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, draw_seed,
-    derive_seed, seed_generators, get_rng_state, set_rng_state, fastai_loaders, distributed,
-    model_generators, batch_seed, seed_batch, MASK32, unwrap_loader)
-from .keyed_data import isolate_loader, give_back, release_loader
-from .determinism import (CUBLAS_ENV, kernel_mode, kernels_late,
-    cublas_late, lock_determinism, set_determinism_flags) # (a short last line would defeat nbdev's relative import)
-from .livecheck import LiveCheck, PREVIOUS
-from .runrecord import RunRecord
-from .digests import torch_fingerprint, weights_digest, arch_digest
-from .facts import fit_facts, jsonable, data_facts, contents_seen
-from .fastai_patches import (current_entries, entries, on_entry_exit, resume_at, deterministic_pools,
-    restore_pools, check_tested_versions)
-from .checkpoint import Checkpointer, Resume
-from .recorder import batch_row, end_row, rows_to_host, stopped, ending, save_new, save_for_nbcheck
+from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, check_flag, check_count,
+    draw_seed, derive_seed, seed_generators, get_rng_state, distributed, BatchSeeder)
+from .keyed_data import key_loaders
+from .determinism import CUBLAS_ENV, kernel_mode, kernels_late, cublas_late, lock_determinism
+from .livecheck import LiveCheck, PREVIOUS, creation_site
+from .runrecord import RunRecord, check_folder
+from .digests import torch_fingerprint
+from .facts import fit_facts, check_ranks
+from .fastai_patches import current_entries, on_entry_exit, deterministic_pools, check_tested_versions
+from .scope import SCOPES, FitScope, fit_kind, loop_attr
+from .recorder import FitRecorder, save_new, save_for_nbcheck
+from .checkpoint import CheckpointHooks, check_resuming
 
 # %% auto #0
-__all__ = ['fit_kind', 'FitScope', 'open_scopes', 'creation_site', 'ReproducibleCallback']
-
-# %% ../nbs/03_callback.ipynb #3adc4ca9
-def fit_kind(learn:Learner) -> str|None:
-    "What the current `before_fit` starts: 'train' (`Learner.fit`), 'lr_find', 'inference', or `None` (fired by hand)"
-    kinds = entries(learn)
-    if not kinds: return None # events fired by hand: the callback stays out of them
-    if kinds[-1] != 'fit': return 'inference' # `get_preds`, `predict`, `tta`, `summary`, `with learn:`...
-    return 'lr_find' if 'lr_find' in kinds or hasattr(learn, 'lr_finder') else 'train'
-
-def _loop(learn:Learner, name:str, default=None):
-    "`learn`'s own loop attribute `name` (`iter`, `epoch`, `n_iter`, `training`...), `default` where fastai set none"
-    return learn.__dict__.get(name, default) # not `learn.iter`: `Learner` is a `GetAttr` that falls back to the model
-
-# %% ../nbs/03_callback.ipynb #d66a5212
-_open_scopes:list = [] # every `FitScope` whose fit has not ended, oldest first
-
-@dataclass(eq=False)
-class FitScope:
-    "What one `before_fit` of a `ReproducibleCallback` changed, and how to undo it"
-    cb:Callback; learn:Learner; kind:str; idx:int; seed:int
-    flags:dict|None = None # determinism flags to restore
-    pools:list = field(default_factory=list) # max poolings given a deterministic forward (`deterministic_pools`)
-    rng:dict|None = None # generator state to restore (isolated fits)
-    grads:list = field(default_factory=list) # parameters whose `.grad` goes back to `None`
-    facts:dict|None = None # what the record keeps of a training fit
-    rows:list = field(default_factory=list) # batch rows whose digests are still on the device
-    row:dict|None = None # the row of the batch under way
-    isolated:list = field(default_factory=list) # loaders whose randomness is keyed (`isolate_data`)
-    end:dict|None = None # how a cancelled fit ended (`after_cancel_fit`)
-    entry:list|None = None # the fastai entry point (`fastai_patches`) this fit runs in
-    at:tuple|None = None # (epoch, training, iter) of the latest batch begun
-    done:bool = False # whether that batch finished
-    prev_loss:object = None # `learn.loss` before that batch: still there if it was cancelled before its loss
-    bases:dict|None = None # the epoch's seeds of its training (True) and validation (False) batches
-    gens:list = field(default_factory=list) # torch's generators each batch seeds (`model_generators`)
-    resumed:bool = False # this fit goes on from the checkpoint of `resume_from`
-    restored:bool = False # the checkpoint's state was put back just before this batch
-    hidden:list|None = None # a fit skipped by a resumed run: the learner's callbacks, whose events it skips
-
-# %% ../nbs/03_callback.ipynb #152ef0c3
-def open_scopes() -> list:
-    "The fits of every `ReproducibleCallback` that have not ended, oldest first (a copy: `_close` owns the list)"
-    return list(_open_scopes)
-
-def _close_scopes(learn, entry:list, exc:BaseException|None):
-    "Close the scopes opened in fastai entry point `entry` and left open; while its exception `exc` is on its way, warn"
-    err = None
-    for sc in [s for s in _open_scopes if s.learn is learn and s.entry is entry][::-1]:
-        try: sc.cb._close(sc, exc)
-        except Exception as e:
-            if exc is None: err = err or e
-            else: repro_warn(f'while closing a failed fit: {e}')
-    if err is not None: raise err
-
-# %% ../nbs/03_callback.ipynb #90d3d4f0
-def _library() -> tuple:
-    "The folders of Python's library, of installed packages and of this package, each ending in a separator"
-    dirs = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')}
-    dirs |= set(site.getsitepackages()) | {site.getusersitepackages(), os.path.dirname(os.__file__),
-                                           os.path.dirname(derive_seed.__code__.co_filename)}
-    return tuple(os.path.join(d, '') for d in dirs)
-_LIBRARY = _library()
-
-def creation_site(depth:int=1) -> tuple:
-    "The user code calling this: (file, line) of each frame on the stack outside Python's library and packages"
-    site, f = [], sys._getframe(depth)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if not fn.startswith(_LIBRARY) and not fn.startswith('<frozen'):
-            site.append((re.sub(r'^<ipython-input-\d+-', '<ipython-input-', fn), f.f_lineno))
-        f = f.f_back
-    return tuple(site)
-
-# %% ../nbs/03_callback.ipynb #4262cdbe
-def _check_flag(name:str, v):
-    "Raise unless `v` is `True` or `False`"
-    if not isinstance(v, bool): raise ValueError(f'{name} must be True or False, got {v!r}')
-
-def _check_count(name:str, v, fix:str) -> int:
-    "`v` as an `int`; raise unless it is an integer >= 0 (not a `bool`)"
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ValueError(f'{name} must be an int >= 0, got {v!r}; {fix}')
-    return int(v)
-
-def _check_folder(folder, name:str='save_to', holds:str='records are saved into a folder, one file per run'):
-    "Raise unless `folder` (the argument `name`) is a folder, or can be made one, that this process can write to"
-    if not isinstance(folder, (str, os.PathLike)): raise ValueError(f"{name} must be a folder's path, got {folder!r}")
-    p = Path(folder)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{name}={str(p)!r} is a file: {holds}; pass a folder, e.g. {name}='runs/'")
-    up = next(q for q in (p, *p.absolute().parents) if q.exists())
-    if not up.is_dir() or not os.access(up, os.W_OK | os.X_OK):
-        raise ValueError(f'{name}={str(p)!r}: cannot write in {str(up)!r}; pass a folder this process can write to')
-
-def _check_resuming(every:int, folder, keep, resume_from, first_fit:int, isolate_data:bool):
-    "Raise on checkpoint and resume settings that cannot work, naming the value and the fix"
-    if every and folder is None:
-        raise ValueError(f'checkpoint_every={every} needs checkpoint_dir, the folder to write the checkpoints in')
-    if folder is not None: _check_folder(folder, 'checkpoint_dir', "a run's checkpoints go into a folder")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f'keep must be an int >= 1, got {keep!r}; keep=3 keeps the last 3 checkpoints')
-    if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
-        raise ValueError(f"resume_from must be the path of a checkpoint or of a checkpoint_dir, got {resume_from!r}")
-    if (folder is not None or resume_from is not None) and not isolate_data:
-        raise ValueError('checkpoints need isolate_data=True: a run can go on from any batch only because its data are '
-                         'keyed to (seed, fit, epoch, index)')
-    if resume_from is not None and first_fit:
-        raise ValueError(f'first_fit={first_fit} and resume_from do not go together: the checkpoint says which fit it '
-                         f'was taken in; drop first_fit')
+__all__ = ['ReproducibleCallback']
 
 # %% ../nbs/03_callback.ipynb #ae239e0e
 class ReproducibleCallback(Callback):
@@ -161,34 +48,33 @@ class ReproducibleCallback(Callback):
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
         for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data', 'per_rank'):
-            _check_flag(name, locals()[name])
-        every = _check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
-        first_fit = _check_count('first_fit', first_fit,
-                                 'the training fits already run, e.g. 1 for the second of fine_tune')
-        checkpoint_every = _check_count('checkpoint_every', checkpoint_every,
-                                        'e.g. 100 for a checkpoint every 100 batches')
-        if save_to is not None: _check_folder(save_to)
+            check_flag(name, locals()[name])
+        every = check_count('every', every, 'every=1 records every batch, 0 turns batch records off')
+        first_fit = check_count('first_fit', first_fit,
+                                'the training fits already run, e.g. 1 for the second of fine_tune')
+        checkpoint_every = check_count('checkpoint_every', checkpoint_every,
+                                       'e.g. 100 for a checkpoint every 100 batches')
+        if save_to is not None: check_folder(save_to)
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
-        _check_resuming(checkpoint_every, checkpoint_dir, keep, resume_from, first_fit, isolate_data)
+        check_resuming(checkpoint_every, checkpoint_dir, keep, resume_from, first_fit, isolate_data)
         check_tested_versions()
         store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data,per_rank')
         self.n_fit,self._restored = first_fit,False # `n_fit`: training fits so far
         self._init_state()
-        self._resume = None if resume_from is None else Resume(resume_from, self.seed)
-        run = None if self._resume is None else self._resume.run # a resumed run writes on under its run's name
-        self._ckpt = None if checkpoint_dir is None else Checkpointer(checkpoint_dir, checkpoint_every, keep, run)
+        self._hooks = CheckpointHooks(self.seed, checkpoint_dir, checkpoint_every, keep, resume_from, strict,
+                                      self._event)
         self._key = (self.seed, creation_site(2)) # the experiment, for `compare_previous`
         self.reference = reference
-        on_entry_exit(_close_scopes) # closes what a fit or an inference call that raised left open
+        on_entry_exit(SCOPES.close_entry) # closes what a fit or an inference call that raised left open
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
-    _stateattrs = ('record','saved_as','_live','_learner','_key','_ckpt','_resume')
+    _stateattrs = ('record','saved_as','_live','_learner','_key','_hooks')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
         self._state,self.record,self.saved_as,self._live,self._learner = {},RunRecord(),None,None,None
-        self._ckpt,self._resume = None,None # an exported learner writes no checkpoint and resumes nothing
+        self._hooks = CheckpointHooks() # an exported learner writes no checkpoint and resumes nothing
         self._key = None # the experiment (`compare_previous`): none for a callback loaded with an exported learner
 
     @property
@@ -214,28 +100,22 @@ class ReproducibleCallback(Callback):
     def after_create(self):
         "At `Learner` creation: warn if the model was built before this callback seeded"
         self._attach(creating=True)
-        if self._resume is not None: self._check_resume()
+        self._hooks.check_learner(self.learn)
         if torch_fingerprint() == self._seeded and any(True for _ in self.learn.model.parameters()):
             self._event('attached_after_model', 'the model was built before ReproducibleCallback seeded, so its '
                         'initial weights were not covered; create the callback in the call that builds the model, e.g. '
                         'cnn_learner(dls, arch, cbs=ReproducibleCallback(21))')
 
     def before_fit(self):
+        "Open the fit's scope: lock determinism, isolate an `lr_find` or inference, seed; a training fit also records"
         kind = fit_kind(self.learn)
         if kind is None: return # fired by hand: nothing seeded, nothing locked, nothing to put back
-        if kind != 'train' and self._resume is not None and (why := self._resume.unreached()) is not None:
-            raise repro_error(why)
+        if kind != 'train': self._hooks.check_reached()
         if self._learner is None or self._learner() is not self.learn: self._attach()
-        sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit))
-        sc.entry = current_entries(self.learn)[-1]
-        if self.deterministic:
-            sc.flags, sc.pools = lock_determinism(self.strict), deterministic_pools(self.model)
-            if not self._state.get('cublas_warned') and cublas_late(): # torch read the setting before it was set
-                self._state['cublas_warned'] = True
-                self._event('cublas_late', f'a matrix product ran on the GPU before {CUBLAS_ENV} was set, and torch '
-                            f'keeps the setting it read then: matrix products on the GPU are not deterministic in this '
-                            f'process. Set {CUBLAS_ENV}=:4096:8 in the environment before the first GPU matrix '
-                            f'product (in the shell, or at the top of the script)')
+        sc = FitScope(self, self.learn, kind, self.n_fit, derive_seed(self.seed, kind, self.n_fit), self._close,
+                      current_entries(self.learn)[-1])
+        sc.rec = FitRecorder(self.record, sc.idx, self.every, self.strict, self._live_check, self._eager)
+        if self.deterministic: self._lock(sc)
         if kind == 'train' and kernel_mode() == 'portable' and not self._state.get('kernels_checked'):
             self._state['kernels_checked'] = True # portable mode asked for, once: did it come in time?
             for msg in kernels_late(): self._event('kernels_late', msg)
@@ -243,307 +123,146 @@ class ReproducibleCallback(Callback):
         if kind == 'lr_find':
             sc.grads = [p for p in self.model.parameters() if p.grad is None]
             self.record.events.append(dict(event='lr_find', before_fit=self.n_fit, seed=sc.seed))
-        _open_scopes.append(sc)
+        SCOPES.open(sc)
         seed_generators(sc.seed, self.dls)
-        if kind == 'train':
-            if self._live is None and self.compare_previous and self.n_fit == 0 and self._key:
-                self.reference = PREVIOUS.get(self._key)
-            self.n_fit += 1
-            self._check_ranks(sc) # first: every rank must reach the collective
-            if self._resume is not None: self._resume_fit(sc) # raises `CancelFitException` to skip a fit
-            if not sc.resumed and not (self._resume and self._resume.start(sc.idx)): self._guard(self._start_facts, sc)
-            self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
-            self._guard(lambda _: self._live_check(), sc)
-            if self._ckpt is not None: self._check_checkpoints()
+        if kind == 'train': self._start_training(sc)
 
     def before_epoch(self):
         "Each epoch of a training fit starts from (seed, fit, epoch) alone: so a run resumed at this epoch matches"
-        sc, epoch = self._scope(), _loop(self.learn, 'epoch')
+        sc, epoch = SCOPES.innermost(self), loop_attr(self.learn, 'epoch')
         if not sc or sc.kind != 'train' or epoch is None: return # `epoch` unset: fired by hand, before any epoch
-        for dl in sc.isolated: give_back(dl) # first: what the loaders' items still hold would undo the seeding
-        seed_generators(derive_seed(self.seed, 'train', sc.idx, 'epoch', epoch), self.dls)
-        rank = ('rank', distributed()[0]) if self.per_rank else ()
-        sc.bases = {t: derive_seed(self.seed, 'train', sc.idx, 'epoch', epoch, t, *rank) for t in (True, False)}
-        sc.gens = model_generators()
+        sc.give_back() # first: what the loaders' items still hold would undo the seeding
+        key = (self.seed, 'train', sc.idx, 'epoch', epoch)
+        seed_generators(derive_seed(*key), self.dls)
+        sc.seeder = BatchSeeder(*key, rank=('rank', distributed()[0]) if self.per_rank else ())
         if not self.isolate_data: return
-        skip = int(sc.resumed and not sc.restored and self._resume.epoch == epoch and self._resume.batch)
-        for i, dl in enumerate(fastai_loaders(self.dls, wrapped=True)): # distributed: the `DistributedDL`s
-            train = unwrap_loader(dl) is unwrap_loader(self.dls.train)
-            isolate_loader(dl, (self.seed, sc.idx, epoch, i), skip if train else 0)
-            if not any(dl is o for o in sc.isolated): sc.isolated.append(dl)
+        r = self._hooks.resume
+        skip = int(sc.resume == 'pending' and r.epoch == epoch and r.batch)
+        key_loaders(self.dls, (self.seed, sc.idx, epoch), skip, sc.isolated)
 
     def after_train(self):
         "Give back what items made after the last batch drew (`give_back`); take the epoch's checkpoint"
-        sc = self._scope()
+        sc = SCOPES.innermost(self)
         if not sc: return
-        for dl in sc.isolated: give_back(dl)
-        n = _loop(self.learn, 'n_iter')
-        last = None if n is None else (_loop(self.learn, 'epoch'), True, n - 1) # the epoch's last training batch
-        if sc.resumed and not sc.restored: self._restore(sc) # the checkpoint came after the epoch's last batch
-        elif self._ckpt and sc.facts is not None and sc.done and last is not None and sc.at == last:
-            self._checkpoint(sc, n)
-        if sc.bases is not None: # what callbacks draw between training and validation: keyed too (a resumed run skips
-            seed_batch(batch_seed(sc.bases[False], MASK32), sc.gens) # the batches before, and their draws)
+        sc.give_back()
+        if sc.kind == 'train': self._hooks.after_train(sc)
+        if sc.seeder is not None: sc.seeder.between() # what callbacks draw between training and validation: keyed
+                                                      # too (a resumed run skips the batches before, and their draws)
 
     def after_validate(self):
         "What items made after the last batch drew (a last batch that `drop_last` drops) goes back (`give_back`)"
-        sc = self._scope()
-        for dl in sc.isolated if sc else (): give_back(dl)
+        if sc := SCOPES.innermost(self): sc.give_back()
 
     def before_batch(self):
         "In a training fit's batch loop: restore or checkpoint, key the batch's draws, start its row; else nothing"
-        sc, learn = self._scope(), self.learn
+        sc, learn = SCOPES.innermost(self), self.learn
         if not sc or sc.kind != 'train': return # an isolated fit keeps no batch; `with learn:` may fire one by hand
-        at = tuple(_loop(learn, k) for k in ('epoch', 'training', 'iter'))
+        at = tuple(loop_attr(learn, k) for k in ('epoch', 'training', 'iter'))
         if None in at: return # no batch loop under way: fired by hand before fastai set `iter`
-        epoch, training, it = at
-        if sc.bases is not None: # the epoch began: restore or checkpoint before this batch, then key its draws
-            if not training: pass
-            elif sc.resumed and not sc.restored: self._restore(sc)
-            elif self._ckpt and sc.facts is not None and self._ckpt.due(learn): self._checkpoint(sc, it)
-            seed_batch(batch_seed(sc.bases[training], it), sc.gens)
-        sc.at,sc.done,sc.prev_loss = at,False,_loop(learn, 'loss')
-        if sc.facts is not None and self.every and it % self.every == 0: self._guard(self._start_row, sc)
+        if sc.seeder is not None: # the epoch began: restore or checkpoint before this batch, then key its draws
+            if at[1]: self._hooks.before_batch(sc, at[2])
+            sc.seeder(at[1], at[2])
+        sc.rec.begin(at, learn)
 
     def after_cancel_batch(self):
         "A callback cancelled this batch (`CancelBatchException`): its row says so, and keeps no other batch's loss"
-        sc = self._scope()
-        if sc and sc.row is not None: sc.row['cancelled'] = True
+        if sc := SCOPES.innermost(self): sc.rec.cancel_batch()
 
     def after_batch(self):
-        sc = self._scope()
-        if not sc: return
-        sc.done = True
-        if sc.row is not None: self._guard(self._end_row, sc)
+        "Finish the batch's row"
+        if sc := SCOPES.innermost(self): sc.rec.finish(self.learn)
 
     def after_epoch(self):
-        sc = self._scope()
-        if sc and sc.facts is not None: self._guard(self._flush, sc)
+        "Bring the epoch's rows to the host, into the record"
+        sc = SCOPES.innermost(self)
+        if sc and sc.rec.facts is not None: sc.rec.guard(sc.rec.flush)
 
     def after_cancel_fit(self):
         "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
-        sc = self._scope()
-        if not sc or sc.kind != 'train' or sc.hidden is not None: return # a skipped fit: nothing ran
-        sc.end = stopped(sc.at, sc.done, 'cancelled', 'CancelFitException')
-        if sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
+        sc = SCOPES.innermost(self)
+        if sc and sc.kind == 'train' and sc.hidden is None: sc.rec.stop('cancelled', 'CancelFitException')
 
     def after_fit(self):
         "Restore the flags; after an isolated fit, every generator and the gradients too; keep and save the record"
-        sc = self._scope()
-        if sc: self._close(sc)
+        if sc := SCOPES.innermost(self): self._close(sc)
 
-    def _check_resume(self):
-        "As the learner is built: raise unless its data set, model and epoch length are the checkpoint's run's"
-        learn = self.learn
-        self._resume.check_learner(dict(**data_facts(learn.dls), architecture=arch_digest(learn.model)),
-                                   len(learn.dls.train))
-        if not contents_seen(learn.dls.train.dataset):
-            self._event('data_unseen', f'the resume checks the data set only by its number of items: a '
-                        f'{type(learn.dls.train.dataset).__name__} has no .items and no .tensors to check; make sure '
-                        f'the data are those of the run that wrote {self._resume.path}')
+    def _lock(self, sc:FitScope):
+        "Lock the determinism flags and the default head's max pooling; warn once if cuBLAS's setting came too late"
+        sc.flags, sc.pools = lock_determinism(self.strict), deterministic_pools(self.model)
+        if not self._state.get('cublas_warned') and cublas_late(): # torch read the setting before it was set
+            self._state['cublas_warned'] = True
+            self._event('cublas_late', f'a matrix product ran on the GPU before {CUBLAS_ENV} was set, and torch '
+                        f'keeps the setting it read then: matrix products on the GPU are not deterministic in this '
+                        f'process. Set {CUBLAS_ENV}=:4096:8 in the environment before the first GPU matrix '
+                        f'product (in the shell, or at the top of the script)')
 
-    def _resume_fit(self, sc:FitScope):
-        "A resumed run: check this fit against the checkpoint's run, take its record, skip what it had run"
-        r = self._resume
-        if (at := r.start(sc.idx)) is None: return
-        if distributed()[1] > 1:
-            raise repro_error('resume_from is not supported in distributed training yet; '
-                                       'resume at an epoch boundary with learn.load and fit(start_epoch=...)')
-        if sc.idx == 0: self.record = r.record # the record so far, in which this run goes on
-        if sc.idx < r.fit: # it ended before the checkpoint: skip it, and every other callback's events in it
-            r.skip(sc.idx, fit_facts(self.learn))
-            self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx} skipped: the checkpoint is in '
-                              f'fit {r.fit}')
-            ran = list(self.learn.cbs.sorted('order')) # the callbacks after this one in order have not run yet
-            sc.hidden, self.learn.cbs = self.learn.cbs, L(ran[:ran.index(self) + 1])
-            raise CancelFitException()
-        r.reach(sc.idx, fit_facts(self.learn))
-        resume_at(self.learn, *at)
-        sc.resumed, sc.facts = True, self.record.fits[sc.idx]
+    def _start_training(self, sc:FitScope):
+        "A training fit: its reference, the ranks' check, the resume, its facts in the record, a line in the log"
+        if self._live is None and self.compare_previous and self.n_fit == 0 and self._key:
+            self.reference = PREVIOUS.get(self._key)
+        self.n_fit += 1
+        check_ranks(self.learn, sc.idx) # first: every rank must reach the collective
+        self._hooks.start_fit(sc, self) # raises `CancelFitException` to skip a fit
+        if sc.resume is None:
+            sc.rec.start(lambda: dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn)))
+        self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
+        sc.rec.guard(self._live_check)
+        self._hooks.check_writable(self.learn)
 
-    def _check_checkpoints(self):
-        "Where checkpoints cannot be resumed from, warn once and write none, rather than fail the fit"
-        why = ('distributed training: every rank would write the same files' if distributed()[1] > 1 else
-               'a training loader without an index (an iterable data set)'
-               if not getattr(self.dls.train, 'indexed', True) else None)
-        if why is None: return
-        self._ckpt = None
-        self._event('no_checkpoints', f'checkpoints are not written in {why}; a run resumes here only at an epoch '
-                    f'boundary, with learn.save/learn.load and fit(start_epoch=...)')
+    def _close(self, sc:FitScope, exc:BaseException|None=None):
+        "Undo what the fit changed, the determinism flags first whatever else fails, and finish its record; idempotent"
+        if not SCOPES.take(sc): return
+        errs = []
+        def attempt(f, *args):
+            "Run one step of the close; keep its error and go on with the next"
+            try: f(*args)
+            except Exception as e: errs.append(e)
+        sc.undo(attempt)
+        attempt(sc.rec.close, sc.learn, exc) # a strict divergence raises: the record is kept and saved all the same
+        if sc.kind == 'train':
+            attempt(self._hooks.after_fit, sc)
+            if self._key and sc.rec.completed: PREVIOUS.remember(self._key, self.record)
+            if self.save_to is not None: attempt(sc.rec.guard, self._save)
+            save_for_nbcheck(self.record, self)
+        if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence
+        for e in errs: repro_warn(f'closing a fit: {type(e).__name__}: {e}')
 
-    def _restore(self, sc:FitScope):
-        "Put the learner in the checkpoint's state, just before the batch the run goes on with"
-        self._resume.restore(self.learn)
-        sc.restored = True
-        self.record.events.append(dict(event='resumed', before_fit=sc.idx, path=str(self._resume.path),
-                                       epoch=_loop(self.learn, 'epoch'), iter=self._resume.batch))
+    def _save(self):
+        "Save the record: into the file of this run's first save, or a new one in `save_to`"
+        if self.saved_as is not None: self.record.save(self.saved_as)
+        else: self.saved_as = save_new(self.record, self.save_to, self.seed)
 
-    def _checkpoint(self, sc:FitScope, batch:int):
-        "Write the checkpoint from which this fit goes on with training batch `batch` of the epoch; a failure warns"
-        ck, first = self._ckpt, self._ckpt.written is None
-        try:
-            self._flush(sc) # the batch rows so far, into the record the checkpoint holds
-            ck.write(self.learn, self.seed, sc.idx, batch, self.record)
-        except Exception as e:
-            if self.strict: raise
-            ck.failures.append(f'{type(e).__name__}: {e}')
-            if len(ck.failures) == 1:
-                self._event('checkpoint_failed', f'checkpoint not written ({ck.failures[0]}); training goes on, and '
-                            f'the checkpoints not written are counted at the end of the fit')
-            return
-        if first and (others := ck.others(self.seed)):
-            self._event('shared_checkpoint_dir', f'checkpoint_dir={str(ck.folder)!r} also holds checkpoints of '
-                        f'another run with seed {self.seed} ({", ".join(others)}): they are kept; resume_from this '
-                        f'folder takes the run that wrote last')
+    def _event(self, name:str, msg:str, **kw):
+        "Record event `name` and warn with `msg` (a divergence raises instead when `strict`)"
+        self.record.events.append(dict(event=name, before_fit=self.n_fit, message=msg, **kw))
+        if self.strict and name == 'divergence': raise repro_error(msg)
+        repro_warn(msg, stacklevel=2)
 
-    def _unwritten(self):
-        "After a fit in which checkpoints failed: say how many, and the latest written, unless one failure said it"
-        ck = self._ckpt
-        n, last = len(ck.failures), (ck.written or [None])[-1]
-        if n > 1: self._event('checkpoints_unwritten', f'{n} checkpoints of fit {self.n_fit - 1} were not written (the '
-                              f"last: {ck.failures[-1]}); the latest written is {last or 'none'}: a run stopped now "
-                              f'resumes from there')
-        ck.failures.clear()
+    def _live_check(self, rows:list|None=None):
+        "Compare the run so far with the reference (`LiveCheck`): the first accidental divergence warns (or raises)"
+        if self._live is not None and (found := self._live.divergence(self.record, rows)) is not None:
+            self._event('divergence', found[0], causes=found[1])
 
-# %% ../nbs/03_callback.ipynb #61808d40
-@patch
-def _scope(self:ReproducibleCallback) -> FitScope|None:
-    "The innermost fit this callback has open"
-    return next((s for s in reversed(_open_scopes) if s.cb is self), None)
+    def _eager(self) -> bool:
+        "Whether each batch is checked as it ends: with a reference not yet diverged from (on the CPU: nothing to sync)"
+        return self._live is not None and not self._live.checked
 
-@patch
-def _guard(self:ReproducibleCallback, f, sc:FitScope):
-    "Run recorder step `f`; on failure warn and stop recording this fit (raise if `strict`)"
-    try: f(sc)
-    except Exception as e:
-        if self.strict: raise
-        sc.facts,sc.rows,sc.row = None,[],None
-        repro_warn(f'recording stopped ({type(e).__name__}: {e}); training goes on')
+    def _check_one_learner(self, learn):
+        "Raise if this callback still serves another learner: one callback per learner"
+        old = self.__dict__.get('learn')
+        if old is not None and old is not learn and any(cb is self for cb in getattr(old, 'cbs', ())):
+            raise ValueError('one ReproducibleCallback per learner: this one already serves another Learner, whose fit '
+                             'counter, seed stream and record it holds; create a new ReproducibleCallback(seed) for '
+                             'each learner, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21)) in each call')
 
-# %% ../nbs/03_callback.ipynb #b1225220
-@patch
-def _start_facts(self:ReproducibleCallback, sc:FitScope):
-    sc.facts = dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn))
-    self.record.fits.append(sc.facts)
-
-@patch
-def _check_ranks(self:ReproducibleCallback, sc:FitScope):
-    "Distributed training (fastai's `DistributedTrainer`): raise unless all ranks start this fit from the same weights"
-    rank, world = distributed()
-    if world < 2 or not hasattr(self.learn, 'distributed_trainer'): return
-    mine, every = weights_digest(self.learn.model), [None] * world
-    torch.distributed.all_gather_object(every, mine)
-    if len(set(every)) > 1:
-        raise repro_error(
-            f'the {world} ranks start fit {sc.idx} from different weights (weight fingerprints by '
-            f'rank: {every}; this is rank {rank}). Seed every rank alike before the model is built: pass the same '
-            f'seed on every rank, e.g. vision_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by '
-            f'rank')
-
-@patch
-def _start_row(self:ReproducibleCallback, sc:FitScope):
-    "Begin the record's row of the batch under way: its position, generators and data digests"
-    sc.row = batch_row(sc.idx, sc.at, self.dls, self.xb, self.yb) # the batch `before_batch` just began
-    sc.rows.append(sc.row)
-
-@patch
-def _end_row(self:ReproducibleCallback, sc:FitScope):
-    "Finish the row of the batch that ended: its loss (none if cancelled before it) and the generators it left"
-    loss = _loop(self.learn, 'loss')
-    end_row(sc.row, loss, sc.prev_loss)
-    sc.row = None
-    # with a reference on the CPU, check every batch: there is no device to synchronise with
-    live = self._live is not None and not self._live.checked
-    if live and isinstance(loss, torch.Tensor) and loss.device.type == 'cpu': self._flush(sc)
-
-# %% ../nbs/03_callback.ipynb #c96047cd
-@patch
-def _flush(self:ReproducibleCallback, sc:FitScope):
-    rows, sc.rows, sc.row = sc.rows, [], None
-    if not rows: return
-    rows_to_host(rows)
-    self.record.add_rows(rows)
-    self._live_check(rows)
-
-# %% ../nbs/03_callback.ipynb #9ac9eb7b
-@patch
-def _end_facts(self:ReproducibleCallback, sc:FitScope):
-    self._flush(sc)
-    rec = getattr(sc.learn, 'recorder', None) # `self.learn` is gone when the callback was passed to `fit(cbs=...)`
-    sc.facts['final_weights'] = weights_digest(sc.learn.model)
-    names = [n for n in getattr(rec, 'metric_names', []) if n not in ('epoch', 'time')]
-    sc.facts['metrics'] = dict(names=names, values=jsonable(getattr(rec, 'values', [])))
-    self._live_check() # the final weights too
-
-@patch
-def _save(self:ReproducibleCallback, sc:FitScope):
-    "Save the record: into the file of this run's first save, or a new one in `save_to`"
-    if self.saved_as is not None: self.record.save(self.saved_as)
-    else: self.saved_as = save_new(self.record, self.save_to, self.seed)
-
-@patch
-def _close(self:ReproducibleCallback, sc:FitScope, exc:BaseException|None=None):
-    "Undo what the fit changed, the determinism flags first whatever else fails, and finish its record; idempotent"
-    if sc not in _open_scopes: return
-    _open_scopes.remove(sc)
-    errs = []
-    def attempt(f, *args):
-        "Run one step of the close; keep its error and go on with the next"
-        try: f(*args)
-        except Exception as e: errs.append(e)
-    if sc.flags is not None: attempt(set_determinism_flags, sc.flags)
-    attempt(restore_pools, sc.pools)
-    if sc.hidden is not None: sc.learn.cbs = sc.hidden # a skipped fit: the callbacks whose events it skipped
-    if sc.kind == 'train': resume_at(sc.learn, None)
-    for p in sc.grads: p.grad = None
-    for dl in sc.isolated: attempt(release_loader, dl)
-    if sc.rng is not None: attempt(set_rng_state, sc.rng, sc.learn.dls)
-    if sc.facts is not None:
-        sc.facts['end'] = sc.end or ending(sc.at, sc.done, exc)
-        if exc is not None and sc.row is not None: sc.row['cancelled'] = True # the batch under way when it stopped
-        # a strict divergence raises: the record is kept and saved all the same
-        attempt(self._guard, self._end_facts, sc)
-    if sc.kind == 'train':
-        if self._ckpt is not None and self._ckpt.failures: attempt(self._unwritten)
-        if self._key and sc.facts is not None and sc.facts['end']['status'] == 'completed':
-            PREVIOUS.remember(self._key, self.record)
-        if self.save_to is not None: attempt(self._guard, self._save, sc)
-        save_for_nbcheck(self.record, self)
-    if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence, say
-    for e in errs: repro_warn(f'closing a fit: {type(e).__name__}: {e}')
-
-# %% ../nbs/03_callback.ipynb #13a13941
-@patch
-def _event(self:ReproducibleCallback, name:str, msg:str, **kw):
-    "Record event `name` and warn with `msg` (a divergence raises instead when `strict`)"
-    self.record.events.append(dict(event=name, before_fit=self.n_fit, message=msg, **kw))
-    if self.strict and name == 'divergence': raise repro_error(msg)
-    repro_warn(msg, stacklevel=2)
-
-@patch
-def _check_one_learner(self:ReproducibleCallback, learn):
-    "Raise if this callback still serves another learner: one callback per learner"
-    old = self.__dict__.get('learn')
-    if old is not None and old is not learn and any(cb is self for cb in getattr(old, 'cbs', ())):
-        raise ValueError('one ReproducibleCallback per learner: this one already serves another Learner, whose fit '
-                         'counter, seed stream and record it holds; create a new ReproducibleCallback(seed) for each '
-                         'learner, e.g. cnn_learner(dls, arch, cbs=ReproducibleCallback(21)) in each call')
-
-@patch
-def _attach(self:ReproducibleCallback, creating:bool=False):
-    "Note the learner this callback serves; warn if it served another one, or joined after the model was built"
-    if self._learner is not None:
-        self._event('reused_callback', 'this ReproducibleCallback moved to a second learner (removed from the first): '
-                    'its fit counter, seed stream and record go on from the first; create a new '
-                    'ReproducibleCallback(seed) for each learner')
-    elif not creating and not self._restored:
-        self._event('attached_after_model', 'ReproducibleCallback was attached after the model was built (add_cb or '
-                    'fit(cbs=...)): its initial weights were not covered; pass it in the call that builds the learner')
-    self._learner = weakref.ref(self.learn)
-
-# %% ../nbs/03_callback.ipynb #165ecc58
-@patch
-def _live_check(self:ReproducibleCallback, rows:list|None=None):
-    "Compare the run so far with the reference (`LiveCheck`): the first accidental divergence warns (raises if strict)"
-    if self._live is not None and (found := self._live.divergence(self.record, rows)) is not None:
-        self._event('divergence', found[0], causes=found[1])
+    def _attach(self, creating:bool=False):
+        "Note the learner this callback serves; warn if it served another one, or joined after the model was built"
+        if self._learner is not None:
+            self._event('reused_callback', 'this ReproducibleCallback moved to a second learner (removed from the '
+                        'first): its fit counter, seed stream and record go on from the first; create a new '
+                        'ReproducibleCallback(seed) for each learner')
+        elif not creating and not self._restored:
+            self._event('attached_after_model', 'ReproducibleCallback was attached after the model was built (add_cb '
+                        'or fit(cbs=...)): its initial weights were not covered; pass it in the call that builds the '
+                        'learner')
+        self._learner = weakref.ref(self.learn)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ctypes, hashlib, random
 import numpy as np, torch
 from torch import nn
-from .seeding import fastai_loaders
+from .seeding import cuda_started, fastai_loaders
 
 # %% auto #0
 __all__ = ['bytes_digest', 'mix', 'text_digest', 'position_weights', 'reset_position_weights', 'tensor_digest', 'tensors_digest',
@@ -100,7 +100,7 @@ def torch_fingerprint() -> int:
     return bytes_digest(torch.get_rng_state().numpy())
 
 def _cuda_fingerprints(suffix:str='') -> dict:
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()): return {}
+    if not cuda_started(): return {}
     return {f'rng_cuda{i}{suffix}': bytes_digest(torch.cuda.get_rng_state(i).numpy())
             for i in range(torch.cuda.device_count())}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from . import __version__
-from .seeding import distributed
+from .seeding import distributed, repro_error
 from .determinism import determinism_flags
 from .determinism import cpu_isa, kernel_facts, system
 from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
@@ -18,7 +18,7 @@ from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 # %% auto #0
 __all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_flags', 'environment', 'contents_seen',
            'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'settings', 'callback_facts', 'loss_facts',
-           'optimizer_facts', 'learner_settings', 'fit_facts']
+           'optimizer_facts', 'learner_settings', 'fit_facts', 'check_ranks']
 
 # %% ../nbs/01a_facts.ipynb #7bc9ba95
 ENV_VARS = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING', # CUBLAS_WORKSPACE_CONFIG: in `flags`
@@ -211,3 +211,15 @@ def fit_facts(learn) -> dict:
                 loss_func=loss_facts(learn.loss_func),
                 callbacks=callback_facts(sorted(learn.cbs, key=lambda c: c.order)), **data_facts(learn.dls), # as run
                 architecture=arch_digest(learn.model), init_weights=weights_digest(learn.model))
+
+def check_ranks(learn, idx:int):
+    "Distributed training (fastai's `DistributedTrainer`): raise unless all ranks start fit `idx` from the same weights"
+    rank, world = distributed()
+    if world < 2 or not hasattr(learn, 'distributed_trainer'): return
+    mine, every = weights_digest(learn.model), [None] * world
+    torch.distributed.all_gather_object(every, mine)
+    if len(set(every)) > 1:
+        raise repro_error(
+            f'the {world} ranks start fit {idx} from different weights (weight fingerprints by rank: {every}; this '
+            f'is rank {rank}). Seed every rank alike before the model is built: pass the same seed on every rank, '
+            f'e.g. vision_learner(dls, arch, cbs=ReproducibleCallback(21)), and do not seed by rank')

@@ -9,11 +9,11 @@ import hashlib, operator, random, sys
 import numpy as np, torch
 from torch.utils.data import get_worker_info
 from fasttransform import Pipeline
-from .seeding import MASK32, derive_seed, finalize, keyed_rng, unwrap_loader
+from .seeding import derive_seed, fastai_loaders, finalize, keyed_rng, seed_batch, unwrap_loader
 
 # %% auto #0
-__all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'seed_item', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
-           'isolate_loader', 'give_back', 'release_loader']
+__all__ = ['CPU', 'WorkerSeeds', 'LoaderKeys', 'SkipStart', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
+           'isolate_loader', 'give_back', 'release_loader', 'key_loaders']
 
 # %% ../nbs/00a_keyed_data.ipynb #f624a2d8
 class WorkerSeeds(torch.Generator):
@@ -131,9 +131,7 @@ class SkipStart:
         return idxs[n:]
 
 # %% ../nbs/00a_keyed_data.ipynb #bbe6bb48
-def seed_item(seed:int):
-    "Seed Python's, NumPy's and torch's CPU generators for one item"
-    random.seed(seed); np.random.seed(seed & MASK32); torch.default_generator.manual_seed(seed)
+CPU = [torch.default_generator] # what an item seeds besides Python and NumPy
 
 class KeyedItem:
     "A loader's `do_item`, run with Python's, NumPy's and torch's CPU generators seeded from the item's key"
@@ -141,7 +139,7 @@ class KeyedItem:
     def __call__(self, s):
         keys = self.keys
         keys.save()
-        seed_item(keys.item_seed(s, aside=sys._getframe(1).f_code.co_name == '_one_pass'))
+        seed_batch(keys.item_seed(s, aside=sys._getframe(1).f_code.co_name == '_one_pass'), CPU)
         try:
             f = keys.replaced.get(('dl', 'do_item'), _Absent)
             return f(s) if f is not _Absent else type(keys.dl).do_item(keys.dl, s)
@@ -200,3 +198,9 @@ def release_loader(dl):
     "Undo `isolate_loader`; a loader not keyed (or released already) is left as it is"
     keys = loader_keys(dl)
     if keys is not None: keys.release()
+
+def key_loaders(dls, key:tuple, skip:int, held:list):
+    "Key loader `i` of `dls` to `key + (i,)` (the training loader from batch `skip` on); add each to `held` once"
+    for i, dl in enumerate(fastai_loaders(dls, wrapped=True)): # distributed: the `DistributedDL`s
+        isolate_loader(dl, (*key, i), skip if unwrap_loader(dl) is unwrap_loader(dls.train) else 0)
+        if not any(dl is o for o in held): held.append(dl)

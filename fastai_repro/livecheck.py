@@ -4,12 +4,13 @@
 
 # %% ../nbs/02c_livecheck.ipynb #e6a81a70
 from __future__ import annotations
+import os, re, site, sys, sysconfig
 from collections import OrderedDict
 from .runrecord import RunRecord, BATCH_KEYS
 from .compare import INTENDED, compare
 
 # %% auto #0
-__all__ = ['PREVIOUS_KEPT', 'PREVIOUS', 'PreviousRuns', 'reset_previous_runs', 'LiveCheck']
+__all__ = ['PREVIOUS_KEPT', 'PREVIOUS', 'PreviousRuns', 'reset_previous_runs', 'creation_site', 'LiveCheck']
 
 # %% ../nbs/02c_livecheck.ipynb #778ada3c
 PREVIOUS_KEPT = 8 # experiments whose latest record is kept for `compare_previous`
@@ -37,6 +38,25 @@ PREVIOUS = PreviousRuns() # the one owner of the previous runs in this process
 def reset_previous_runs():
     "Forget the previous run of every experiment (`PREVIOUS`)"
     PREVIOUS.reset()
+
+# %% ../nbs/02c_livecheck.ipynb #c34f9b72
+def _library() -> tuple:
+    "The folders of Python's library, of installed packages and of this package, each ending in a separator"
+    dirs = {sysconfig.get_paths()[k] for k in ('stdlib', 'platstdlib', 'purelib', 'platlib')}
+    dirs |= set(site.getsitepackages()) | {site.getusersitepackages(), os.path.dirname(os.__file__),
+                                           os.path.dirname(sys.modules[RunRecord.__module__].__file__)}
+    return tuple(os.path.join(d, '') for d in dirs)
+_LIBRARY = _library()
+
+def creation_site(depth:int=1) -> tuple:
+    "The user code calling this: (file, line) of each frame on the stack outside Python's library and packages"
+    site, f = [], sys._getframe(depth)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if not fn.startswith(_LIBRARY) and not fn.startswith('<frozen'):
+            site.append((re.sub(r'^<ipython-input-\d+-', '<ipython-input-', fn), f.f_lineno))
+        f = f.f_back
+    return tuple(site)
 
 # %% ../nbs/02c_livecheck.ipynb #afad911c
 def _neq(x, y) -> bool: return x != y and not (x != x and y != y) # NaN equals NaN here

@@ -6,14 +6,17 @@
 from __future__ import annotations
 import os, time
 from pathlib import Path
+from typing import Callable
 import torch
+from fastcore.basics import store_attr
 from .seeding import finalize, distributed, repro_warn
-from .digests import generator_fingerprints, step_fingerprints, tensors_digest
+from .digests import generator_fingerprints, step_fingerprints, tensors_digest, weights_digest
+from .facts import jsonable
 from .runrecord import RunRecord, DIGEST_KEYS
 from .kernel_records import kernel_record_path
 
 # %% auto #0
-__all__ = ['batch_row', 'end_row', 'to_host', 'rows_to_host', 'stopped', 'ending', 'save_new', 'save_for_nbcheck']
+__all__ = ['batch_row', 'end_row', 'to_host', 'rows_to_host', 'stopped', 'ending', 'FitRecorder', 'save_new', 'save_for_nbcheck']
 
 # %% ../nbs/02d_recorder.ipynb #804b0353
 def batch_row(fit:int, at:tuple, dls, xb, yb) -> dict:
@@ -59,6 +62,89 @@ def ending(at:tuple|None, done:bool, exc:BaseException|None) -> dict:
     if exc is None: return stopped(at, done, 'completed')
     status = 'interrupted' if isinstance(exc, KeyboardInterrupt) else 'error'
     return stopped(at, done, status, f'{type(exc).__name__}: {exc}'[:200])
+
+# %% ../nbs/02d_recorder.ipynb #aef193a5
+class FitRecorder:
+    "One fit's part of a run's record: its facts, the rows of its batches not yet on the host, where it is, its end"
+    def __init__(self, record:RunRecord, idx:int, every:int, strict:bool, check:Callable, eager:Callable):
+        store_attr('record,idx,every,strict,check,eager') # `check(rows)`: the live check; `eager()`: check each batch
+        self.facts,self.rows,self.row,self.end,self.at,self.done,self.prev_loss = None,[],None,None,None,False,None
+
+    def guard(self, f:Callable, *args):
+        "Run recording step `f`; on failure warn and stop recording this fit (raise if `strict`)"
+        try: f(*args)
+        except Exception as e:
+            if self.strict: raise
+            self.facts,self.rows,self.row = None,[],None
+            repro_warn(f'recording stopped ({type(e).__name__}: {e}); training goes on')
+
+    def start(self, facts:Callable):
+        "Begin the fit's facts in the record with `facts()`: guarded, as every recording step"
+        self.guard(self._start, facts)
+
+    def _start(self, facts:Callable):
+        "Begin the fit's facts (unguarded)"
+        self.facts = facts()
+        self.record.fits.append(self.facts)
+
+    def begin(self, at:tuple, learn):
+        "Batch `at` = (epoch, training, iter) of `learn` begins: note where, and start its row if it is one to keep"
+        self.at,self.done,self.prev_loss = at,False,learn.__dict__.get('loss')
+        if self.facts is not None and self.every and at[2] % self.every == 0: self.guard(self._start_row, learn)
+
+    def _start_row(self, learn):
+        "Begin the row of the batch under way: its position, generators and data digests"
+        self.row = batch_row(self.idx, self.at, learn.dls, learn.xb, learn.yb)
+        self.rows.append(self.row)
+
+    def cancel_batch(self):
+        "The batch under way was cancelled: its row says so"
+        if self.row is not None: self.row['cancelled'] = True
+
+    def finish(self, learn):
+        "The batch ended: finish its row with `learn`'s loss"
+        self.done = True
+        if self.row is not None: self.guard(self._end_row, learn.__dict__.get('loss'))
+
+    def _end_row(self, loss):
+        "Its loss (none if cancelled before it) and the generators it left; with a reference on the CPU, check now"
+        end_row(self.row, loss, self.prev_loss)
+        self.row = None
+        if self.eager() and isinstance(loss, torch.Tensor) and loss.device.type == 'cpu': self.flush()
+
+    def flush(self):
+        "Bring the rows so far to the host (one transfer per column), into the record, and check them"
+        rows, self.rows, self.row = self.rows, [], None
+        if not rows: return
+        rows_to_host(rows)
+        self.record.add_rows(rows)
+        self.check(rows)
+
+    def stop(self, status:str, reason:str):
+        "A callback stopped the fit (`after_cancel_fit`): note where, and mark the batch under way"
+        self.end = stopped(self.at, self.done, status, reason)
+        self.cancel_batch()
+
+    def close(self, learn, exc:BaseException|None):
+        "The fit ended, raising `exc` or not: how, its final weights and metrics, checked; nothing if not recording"
+        if self.facts is None: return
+        self.facts['end'] = self.end or ending(self.at, self.done, exc)
+        if exc is not None: self.cancel_batch() # the batch under way when it stopped
+        self.guard(self._end_facts, learn)
+
+    def _end_facts(self, learn):
+        "The rows left, the final weights and the epochs' metrics; then the live check, which sees the weights too"
+        self.flush()
+        rec = getattr(learn, 'recorder', None)
+        self.facts['final_weights'] = weights_digest(learn.model)
+        names = [n for n in getattr(rec, 'metric_names', []) if n not in ('epoch', 'time')]
+        self.facts['metrics'] = dict(names=names, values=jsonable(getattr(rec, 'values', [])))
+        self.check(None)
+
+    @property
+    def completed(self) -> bool:
+        "Whether the fit is recorded and completed"
+        return self.facts is not None and self.facts['end']['status'] == 'completed'
 
 # %% ../nbs/02d_recorder.ipynb #2e03fa38
 def save_new(record:RunRecord, folder, seed:int) -> Path:

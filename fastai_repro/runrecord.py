@@ -6,11 +6,13 @@
 from __future__ import annotations
 import codecs, io, json, os, stat, tempfile, zlib
 from pathlib import Path
+from typing import Callable
 import numpy as np, pandas as pd
 
 # %% auto #0
 __all__ = ['FORMAT', 'VERSION', 'BATCH_KEYS', 'DIGEST_KEYS', 'MAX_BYTES', 'MAX_COLUMNS', 'MAX_LINE', 'RecordError', 'column_kind',
-           'check_value', 'batch_frame', 'RunRecord', 'new_file_mode', 'write_atomic', 'fit_problem', 'event_problem']
+           'check_value', 'batch_frame', 'RunRecord', 'new_file_mode', 'write_atomic', 'check_folder', 'fit_problem',
+           'event_problem']
 
 # %% ../nbs/01b_runrecord.ipynb #7db3fa56
 FORMAT, VERSION = 'fastai_repro.RunRecord', 2
@@ -167,17 +169,29 @@ def _content(rec:RunRecord) -> bytes:
     counts = {'fits': len(rec.fits), 'events': len(rec.events), 'batches': len(lines)}
     return body + _dumps({'end': {**counts, 'crc32': zlib.crc32(body)}})
 
-def write_atomic(data:bytes, path:Path, overwrite:bool=True) -> Path:
-    "Write `data` to `path` through a temporary file in the same folder, renamed when complete: never a partial file"
+def write_atomic(data:bytes|Callable, path:Path, overwrite:bool=True) -> Path:
+    "Write `data` (bytes, or a function writing to a file) to `path` through a temporary file, renamed when complete"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         os.chmod(tmp, new_file_mode()) # `mkstemp` makes it 0600: give it the mode any other new file gets
-        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        with os.fdopen(fd, 'wb') as f:
+            data(f) if callable(data) else f.write(data)
+            f.flush(); os.fsync(f.fileno())
         if overwrite: os.replace(tmp, path)
         else: _create_new(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
     return path
+
+def check_folder(folder, name:str='save_to', holds:str='records are saved into a folder, one file per run'):
+    "Raise unless `folder` (the setting `name`) is a folder, or can be made one, that this process can write to"
+    if not isinstance(folder, (str, os.PathLike)): raise ValueError(f"{name} must be a folder's path, got {folder!r}")
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name}={str(p)!r} is a file: {holds}; pass a folder, e.g. {name}='runs/'")
+    up = next(q for q in (p, *p.absolute().parents) if q.exists())
+    if not up.is_dir() or not os.access(up, os.W_OK | os.X_OK):
+        raise ValueError(f'{name}={str(p)!r}: cannot write in {str(up)!r}; pass a folder this process can write to')
 
 # %% ../nbs/01b_runrecord.ipynb #1c0ae006
 _FIT_FIELDS = {**dict.fromkeys(('fit', 'seed', 'fit_seed', 'n_epoch', 'items', 'split', 'n_train', 'n_valid',

@@ -10,9 +10,9 @@ import numpy as np, torch
 
 # %% auto #0
 __all__ = ['PREFIX', 'SEED_RANGE', 'MASK32', 'ReproducibilityWarning', 'ReproducibilityError', 'repro_warn', 'repro_error',
-           'check_seed', 'draw_seed', 'derive_seed', 'finalize', 'unwrap_loader', 'fastai_loaders', 'distributed',
-           'seed_generators', 'get_rng_state', 'set_rng_state', 'isolate_rng', 'keyed_rng', 'model_generators',
-           'batch_seed', 'seed_batch']
+           'check_seed', 'check_flag', 'check_count', 'draw_seed', 'derive_seed', 'finalize', 'unwrap_loader',
+           'fastai_loaders', 'distributed', 'cuda_started', 'seed_batch', 'seed_generators', 'get_rng_state',
+           'set_rng_state', 'isolate_rng', 'keyed_rng', 'model_generators', 'batch_seed', 'BatchSeeder']
 
 # %% ../nbs/00_seeding.ipynb #ec8c8d99
 class ReproducibilityWarning(UserWarning):
@@ -43,6 +43,17 @@ def check_seed(seed) -> int:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed}; "
                          f"pass a value in that range, such as seed=21")
     return int(seed)
+
+# %% ../nbs/00_seeding.ipynb #4035e813
+def check_flag(name:str, v):
+    "Raise unless setting `name`'s value `v` is `True` or `False`"
+    if not isinstance(v, bool): raise ValueError(f'{name} must be True or False, got {v!r}')
+
+def check_count(name:str, v, fix:str, least:int=0) -> int:
+    "`v` as an `int`; raise unless it is an integer >= `least` (not a `bool`), with `fix`, how to set `name`"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < least:
+        raise ValueError(f'{name} must be an int >= {least}, got {v!r}; {fix}')
+    return int(v)
 
 # %% ../nbs/00_seeding.ipynb #8d1cb342
 def draw_seed() -> int:
@@ -85,15 +96,23 @@ def distributed() -> tuple:
     d = torch.distributed
     return (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
 
+def cuda_started() -> bool:
+    "Whether CUDA has started in this process (asking never starts it)"
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
 def _mps() -> bool: return hasattr(torch, 'mps') and torch.backends.mps.is_available()
 
 # %% ../nbs/00_seeding.ipynb #799d3bee
+MASK32 = 0xFFFFFFFF
+
+def seed_batch(seed:int, gens:list):
+    "Seed Python, NumPy (from the low 32 bits) and each of `gens` (`model_generators()`) from `seed`, a few µs in all"
+    random.seed(seed); np.random.seed(seed & MASK32)
+    for g in gens: g.manual_seed(seed)
+
 def seed_generators(seed:int, dls=None):
     "Seed Python, NumPy, torch (CPU, CUDA, MPS) from `seed`, and each loader of `dls` from its own derived seed"
-    seed = check_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_batch(check_seed(seed), [torch]) # `torch.manual_seed`: the CPU, every CUDA device (also later) and MPS
     for i, dl in enumerate(fastai_loaders(dls)): dl.rng.seed(derive_seed(seed, 'loader', i))
 
 # %% ../nbs/00_seeding.ipynb #5ce6ff6d
@@ -102,7 +121,7 @@ def get_rng_state(dls=None) -> dict:
     st = dict(random=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
               loaders=[dl.rng.getstate() for dl in fastai_loaders(dls)])
     # never start CUDA
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): st['cuda'] = torch.cuda.get_rng_state_all()
+    if cuda_started(): st['cuda'] = torch.cuda.get_rng_state_all()
     if _mps(): st['mps'] = torch.mps.get_rng_state()
     return st
 
@@ -137,8 +156,7 @@ def keyed_rng(seed:int, device=None, restore:bool=True):
     "Run the block with Python's, NumPy's and torch's CPU (and `device`'s) generators seeded from `seed`; put them back"
     gens = _torch_generators(device)
     saved = (random.getstate(), np.random.get_state(), [g.get_state() for g in gens]) if restore else None
-    random.seed(seed); np.random.seed(check_seed(seed))
-    for g in gens: g.manual_seed(seed)
+    seed_batch(check_seed(seed), gens)
     try: yield
     finally:
         if saved:
@@ -146,12 +164,10 @@ def keyed_rng(seed:int, device=None, restore:bool=True):
             for g, s in zip(gens, saved[2]): g.set_state(s)
 
 # %% ../nbs/00_seeding.ipynb #3be8840e
-MASK32 = 0xFFFFFFFF
-
 def model_generators() -> list:
     "torch's generators a batch draws from: the CPU's, each started CUDA device's (never starts CUDA), and MPS's"
     gens = [torch.default_generator]
-    if torch.cuda.is_available() and torch.cuda.is_initialized(): gens += list(torch.cuda.default_generators)
+    if cuda_started(): gens += list(torch.cuda.default_generators)
     if _mps(): gens.append(torch.mps) # no generator object: `torch.mps.manual_seed` seeds it
     return gens
 
@@ -159,7 +175,14 @@ def batch_seed(base:int, i:int) -> int:
     "The seed of batch `i` of a pass whose own seed is `base` (from `derive_seed`): a 32-bit mix of the two, no hashing"
     return finalize((base << 32) | i) & MASK32
 
-def seed_batch(seed:int, gens:list):
-    "Seed Python, NumPy and the torch generators `gens` (`model_generators()`) from `seed`, a few µs in all"
-    random.seed(seed); np.random.seed(seed)
-    for g in gens: g.manual_seed(seed)
+class BatchSeeder:
+    "Seeds the generators before each batch of an epoch from the epoch's `key`, its phase (and `rank`) and the batch"
+    def __init__(self, *key, rank:tuple=()):
+        self.bases = {t: derive_seed(*key, t, *rank) for t in (True, False)} # training (True) and validation batches
+        self.gens = model_generators()
+    def __call__(self, training:bool, i:int):
+        "Seed Python, NumPy and torch's generators for batch `i` of the epoch's training or validation"
+        seed_batch(batch_seed(self.bases[training], i), self.gens)
+    def between(self):
+        "Seed what callbacks draw between the epoch's training and its validation"
+        self(False, MASK32)

@@ -23,8 +23,9 @@ class KillAt(Callback):
         if self.training and (self.fit_no, self.epoch, self.iter) == KillAt.at: os.kill(os.getpid(), signal.SIGKILL)
 
 def main(mode:str, folder, method:str, workers:int=0, kill_at:tuple|None=None):
+    "One run of `method` in the `mode` the module's docstring describes"
     folder, KillAt.at = Path(folder), kill_at
-    if workers: multiprocessing.set_start_method('fork', force=True) # as a script on Linux; the job's server set its own
+    if workers: multiprocessing.set_start_method('fork', force=True) # as a script on Linux; the server set its own
     dls = digits_dls(folder.parent/'digits16', seed=21, size=16, bs=32, num_workers=workers)
     kw = dict(checkpoint_every=2, checkpoint_dir=folder/'ck') if mode == 'killed' else {}
     if mode == 'resume': kw = dict(resume_from=folder/'ck')

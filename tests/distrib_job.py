@@ -23,7 +23,8 @@ class Masks(Callback):
     "The digest of every dropout mask drawn in training: where dropout zeroed what it was given"
     def before_fit(self):
         self.digests = []
-        self.hooks = [m.register_forward_hook(self.hook) for m in self.learn.model.modules() if isinstance(m, nn.Dropout)]
+        self.hooks = [m.register_forward_hook(self.hook) for m in self.learn.model.modules()
+                      if isinstance(m, nn.Dropout)]
     def hook(self, m, inp, out):
         if m.training: self.digests.append(int(tensor_digest((out == 0) & (inp[0] != 0))))
     def after_fit(self):

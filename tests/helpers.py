@@ -1,15 +1,18 @@
 "Shared pieces of the end-to-end tests: a small real data set and one training run of the pets notebook"
 import multiprocessing, os, random, subprocess, sys, tempfile, time, traceback, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np, torch
+import torch.nn.functional as F
+from torch import nn
 import fastai.callback.schedule  # noqa: F401  (fine_tune, lr_find)
 from fastai.callback.core import Callback
-from fastai.learner import Recorder
+from fastai.learner import Learner, Recorder
+from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import error_rate
 from fastai.vision.learner import cnn_learner
 from fastai.vision.models import resnet18
-from fastai_repro.all import ReproducibleCallback, weights_equal
-from fastai_repro.callback import fit_kind
+from fastai_repro.all import ReproducibleCallback, fit_kind, weights_equal
 
 # 480 images: 6 training batches of 64 (a stray draw at batch 5 has one to land in); 16 pixels: a quarter of 32's work
 N_IMAGES, SIZE, LR_FIND_ITERS = 480, 16, 12
@@ -47,10 +50,67 @@ def make_learner(dls, callback=True, seed=21, compare_previous=False, cbs=(), **
 def train(dls, callback=True, lr_find=False, seed=21):
     "One run of the pets notebook: optionally `lr_find`, then `fine_tune(1)`"
     learn = make_learner(dls, callback, seed)
-    with learn.no_bar(), learn.no_logging():
+    with quiet(learn):
         if lr_find: learn.suggestion = learn.lr_find(show_plot=False, num_it=LR_FIND_ITERS)
         learn.fine_tune(1)
     return learn
+
+@contextmanager
+def quiet(learn):
+    "No progress bar and no printed metrics"
+    with learn.no_bar(), learn.no_logging(): yield learn
+
+def quiet_fit(learn, n_epoch=1, *args, how='fit', **kwargs):
+    "`learn.fit(n_epoch, *args, **kwargs)` (or the method named `how`) with no progress bar or printed metrics"
+    with quiet(learn): getattr(learn, how)(n_epoch, *args, **kwargs)
+    return learn
+
+def fit_record(learn, n_epoch=1, **kwargs):
+    "`quiet_fit(learn, n_epoch, **kwargs)`, and the record of the learner's `ReproducibleCallback`"
+    return quiet_fit(learn, n_epoch, **kwargs).reproducible.record
+
+def fit_x_fit(learn, between=None, fit=lambda learn: learn.fit(1)):
+    "Quietly `fit(learn)`, then `between(learn)` (unless None), then `fit(learn)` again; the learner"
+    with quiet(learn):
+        fit(learn)
+        if between is not None: between(learn)
+        fit(learn)
+    return learn
+
+def small_cnn():
+    "A small image classifier with Dropout (it draws random numbers in training)"
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Dropout(0.2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 2))
+
+def vision_learner_on(dls, cbs=None):
+    "A `Learner` with `small_cnn` on the digits loaders"
+    return Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
+
+class Tracer(Callback):
+    "Keeps the name of every event the learner sends, in order"
+    order = 99
+    def __init__(self): self.events = []
+    def __call__(self, event_name):
+        self.events.append(event_name)
+        return super().__call__(event_name)
+
+def mse_metric(out, targ):
+    "A metric that is the loss itself"
+    return F.mse_loss(out, targ)
+
+def close(a, b, eps=1e-5) -> bool:
+    "Element-wise closeness of numbers, lists or tensors"
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), atol=eps,
+                          rtol=eps)
+
+def same_tensors(a:dict, b:dict) -> bool:
+    "Same keys, every tensor bit-identical (`torch.equal`): `weights_equal` for `state_dict`s saved or loaded"
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+def assert_same_tensors(a:dict, b:dict):
+    "`same_tensors(a, b)` as assertions, naming the first key whose tensors differ"
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), f'{k} differs'
 
 def same_run(a, b) -> bool:
     "Bit-identical final weights, training losses and epoch metrics"
@@ -60,9 +120,7 @@ def same_run(a, b) -> bool:
 
 def assert_same(a, b):
     "Every `state_dict` tensor bit-identical (`torch.equal`), and the recorded losses and metrics too"
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa: assert torch.equal(sa[k], sb[k]), f'{k} differs'
+    assert_same_tensors(a.model.state_dict(), b.model.state_dict())
     assert same_run(a, b)
 
 PRELOAD = ['fastai_repro.all', 'fastai.vision.learner', 'fastai.callback.schedule'] # what the jobs import: fastai
@@ -76,7 +134,7 @@ def _job(fn, args:tuple, err:str):
         raise SystemExit(1)
 
 def in_new_processes(*calls, timeout:int=600, exitcodes:tuple|None=None):
-    """Runs each `(fn, *args)` of `calls` in a new process, all at once, and fails with the traceback of one that failed.
+    """Runs each `(fn, *args)` of `calls` in a new process, all at once; fails with the traceback of one that failed.
     The processes are forked by multiprocessing's forkserver, a server that has only imported `PRELOAD`: each starts as
     a fresh `python` is after those imports, without the ten seconds importing fastai takes. Unlike separate
     interpreters, they share the server's `str` hash seed; where that matters, run a script (`run_script`).

@@ -22,6 +22,7 @@ class StopAfterEpoch0(Callback):
     def after_fit(self): self.fits += 1
 
 def main(mode, folder, callback):
+    "One run in the `mode` the module's docstring describes, with the callback or without"
     folder = Path(folder)
     ft, resume = mode.startswith('ft_'), mode.endswith('resume')
     if not callback: set_seed(21)

@@ -6,19 +6,12 @@ from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.vision.learner import vision_learner
 from fastai.vision.models import resnet18
-from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, determinism_flags, get_rng_state, weights_equal)
-from helpers import LR_FIND_ITERS, Trace, make_learner, same_run, assert_same
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, determinism_flags, get_rng_state,
+                              weights_equal)
+from helpers import (LR_FIND_ITERS, Trace, assert_same, fit_x_fit, make_learner, quiet, quiet_fit, same_run,
+                     small_cnn)
 
-def small_cnn():
-    from torch import nn
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Dropout(0.2), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 2))
-
-def fit_plain(learn, how):
-    with learn.no_bar(), learn.no_logging():
-        if how == 'fit': learn.fit(2, 1e-3)
-        elif how == 'fit_one_cycle': learn.fit_one_cycle(2)
-    return learn
+FITS = {'fit': (2, 1e-3), 'fit_one_cycle': (2,)} # the arguments each fit method is called with
 
 def other_session(dls, s):
     "Stands for two sessions: the global generators are in another state when the learner is built"
@@ -28,20 +21,22 @@ def other_session(dls, s):
 @pytest.mark.parametrize('how', ['fit', 'fit_one_cycle'])
 def test_vision_learner(vision_dls, how):
     def run(cb, s):
+        "A `vision_learner` fitted by `how`, with the callback or not, in the session `s`"
         dls = other_session(vision_dls(), s)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             cbs = [ReproducibleCallback(21, compare_previous=False)] if cb else []
-            return fit_plain(vision_learner(dls, resnet18, pretrained=False, cbs=cbs + [Trace()]), how)
+            return quiet_fit(vision_learner(dls, resnet18, pretrained=False, cbs=cbs + [Trace()]), *FITS[how], how=how)
     assert_same(run(True, 1), run(True, 2))
     assert not same_run(run(False, 1), run(False, 2))
 
 def test_plain_learner(new_dls):
     "`Learner(dls, model, cbs=...)`: the model is built after the callback seeds, so its init is covered"
     def run(cb, s):
+        "A `Learner` fitted, with the callback or not, in the session `s`"
         dls = other_session(new_dls(), s)
         cbs = [ReproducibleCallback(21, compare_previous=False)] if cb else [] # built before the model: init covered
-        return fit_plain(Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs + [Trace()]), 'fit')
+        return quiet_fit(Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs + [Trace()]), *FITS['fit'])
     assert_same(run(True, 1), run(True, 2))
     assert not same_run(run(False, 1), run(False, 2))
 
@@ -50,9 +45,10 @@ def test_callback_attached_later(new_dls, attach):
     "Attached after the model is built: the fits are covered; the model is the same object state for both runs"
     model = small_cnn()
     def run(cb):
+        "A copy of `model` fitted, with the callback attached by `attach` or without it"
         learn = Learner(new_dls(), copy.deepcopy(model), loss_func=CrossEntropyLossFlat(), cbs=Trace())
         cbs = ReproducibleCallback(21) if cb else None
-        with learn.no_bar(), learn.no_logging():
+        with quiet(learn):
             if attach == 'add_cb' and cb: learn.add_cb(cbs)
             learn.fit(2, 1e-3, cbs=cbs if attach == 'fit_cbs' else None)
         return learn
@@ -60,20 +56,19 @@ def test_callback_attached_later(new_dls, attach):
     assert not same_run(run(False), run(False))
 
 def test_get_preds_and_validate_do_not_disturb(vision_dls):
-    def run(inference):
-        learn = make_learner(vision_dls())
-        with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(1)
-            if inference: learn.get_preds(); learn.validate(); learn.get_preds(dl=learn.dls.test_dl(learn.dls.valid_ds.items[:5]))
-            learn.fit_one_cycle(1)
-        return learn
-    assert_same(run(True), run(False))
+    def inference(learn):
+        "`get_preds`, `validate` and `get_preds` on a test loader"
+        learn.get_preds(); learn.validate(); learn.get_preds(dl=learn.dls.test_dl(learn.dls.valid_ds.items[:5]))
+    def run(between):
+        "`fit_one_cycle(1)`; `between`; `fit_one_cycle(1)`"
+        return fit_x_fit(make_learner(vision_dls()), between, fit=lambda learn: learn.fit_one_cycle(1))
+    assert_same(run(inference), run(None))
 
 def test_generators_after_lr_find_equal_before(new_dls):
     learn = make_learner(new_dls())
     grads = [p.grad for p in learn.model.parameters()]
     before = get_rng_state(learn.dls)
-    with learn.no_bar(), learn.no_logging(): learn.lr_find(show_plot=False, num_it=LR_FIND_ITERS)
+    with quiet(learn): learn.lr_find(show_plot=False, num_it=LR_FIND_ITERS)
     after = get_rng_state(learn.dls)
     assert after['random'] == before['random'] and after['loaders'] == before['loaders']
     assert torch.equal(after['torch'], before['torch'])
@@ -91,7 +86,7 @@ def test_flags_restored_after_fit_and_after_crash(new_dls):
     try:
         before = determinism_flags()
         learn = make_learner(new_dls())
-        with learn.no_bar(), learn.no_logging():
+        with quiet(learn):
             learn.fit(1)
             assert determinism_flags() == before
             with pytest.raises(RuntimeError, match='boom'): learn.fit(1, cbs=Boom())
@@ -102,16 +97,17 @@ def test_flags_restored_after_fit_and_after_crash(new_dls):
 def test_flags_restored_after_cancelled_fit(new_dls):
     from fastai.callback.core import CancelFitException
     class Stop(Callback):
+        "Cancels the fit after its first batch"
         def after_batch(self): raise CancelFitException()
     before = determinism_flags()
     learn = make_learner(new_dls())
-    with learn.no_bar(), learn.no_logging(): learn.fit(2, cbs=Stop())
+    quiet_fit(learn, 2, cbs=Stop())
     assert determinism_flags() == before and learn.reproducible.n_fit == 1
 
 def test_export_and_load_learner(new_dls, tmp_path):
     learn = make_learner(new_dls())
     learn.remove_cb(learn.trace)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    quiet_fit(learn)
     learn.export(tmp_path/'export.pkl')
     loaded = load_learner(tmp_path/'export.pkl')
     assert loaded.reproducible.seed == 21 and weights_equal(loaded.model, learn.model)
@@ -127,10 +123,11 @@ def test_bad_seeds_rejected(bad):
 def test_seed_none_is_drawn_and_kept(new_dls):
     "An unplanned run (seed=None) can be repeated from the seed it kept"
     def run(seed):
+        "A `Learner` with the callback of `seed`, fitted"
         dls = other_session(new_dls(), seed or 1)
         cbs = [ReproducibleCallback(seed, compare_previous=False), Trace()] # before the model, so its init is covered
         learn = Learner(dls, small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
-        return fit_plain(learn, 'fit')
+        return quiet_fit(learn, *FITS['fit'])
     a = run(None)
     seed = a.reproducible.seed
     assert 0 <= seed < 2**32 and a.reproducible.record.fits[0]['seed'] == seed

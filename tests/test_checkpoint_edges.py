@@ -13,7 +13,8 @@ from functools import partial
 from fastai.optimizer import SGD
 from fastai.test_utils import RegModel, synth_dbunch
 from fastai_repro import checkpoint as ckmod
-from fastai_repro.all import ReproducibleCallback, ReproducibilityError, ReproducibilityWarning, RecordError, weights_equal
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityError, ReproducibilityWarning, RecordError,
+                              weights_equal)
 from fastai_repro.checkpoint import checkpoints, read_checkpoint
 
 class Crash(Callback):
@@ -137,7 +138,8 @@ def test_the_run_that_wrote_last_is_resumed(tmp_path):
     script(learner(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=folder), lr=1e-2))
     Crash.at = (1, 0, 4)
     try:
-        with pytest.raises(RuntimeError), pytest.warns(ReproducibilityWarning, match='also holds checkpoints of another run'):
+        with pytest.raises(RuntimeError), pytest.warns(ReproducibilityWarning,
+                                                       match='also holds checkpoints of another run'):
             script(learner(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=folder)))
     finally: Crash.at = None
     assert len({p.name.split('-fit')[0] for p in checkpoints(folder)}) == 2 # both runs' files
@@ -193,6 +195,7 @@ def test_half_written_files_go_and_keep_spans_a_resume(tmp_path):
 def test_other_workers_resume(tmp_path):
     "Only `num_workers` changed (0 to 1): the batches are keyed, the same; the resume goes on"
     def dls(workers):
+        "The same synthetic data each time, in loaders of `workers` workers"
         torch.manual_seed(3); d = synth_dbunch(n_train=10)
         return DataLoaders(TfmdDL(d.train.dataset, bs=16, shuffle=True, num_workers=workers),
                            TfmdDL(d.valid.dataset, bs=16, num_workers=workers))
@@ -220,7 +223,9 @@ def test_a_skipped_fit_sends_no_event_to_other_callbacks(tmp_path):
     assert seen.seen == [(0, 'before_fit'), (0, 'after_fit')], seen.seen # fit 1 only: numbered 0 by `Seen`
 
 def test_a_full_disk_is_said_at_the_fit_end(tmp_path, monkeypatch):
-    def full(*args, **kw): raise OSError(errno.ENOSPC, 'No space left on device')
+    def full(*args, **kw):
+        "A write to a full disk"
+        raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(ckmod, 'write_checkpoint', full)
     learn = learner(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path))
     with pytest.warns(ReproducibilityWarning) as got: script(learn, fits=1)

@@ -19,7 +19,7 @@ from fastai.tabular.all import TabularPandas, tabular_learner, tabular_config, N
 from fastai.text.all import TextDataLoaders, text_classifier_learner, AWD_LSTM, awd_lstm_clas_config
 from sklearn.datasets import load_breast_cancer
 from fastai_repro.all import ReproducibilityWarning, RunRecord, compare
-from helpers import make_learner, assert_same, same_run, repro_cbs, scramble
+from helpers import make_learner, assert_same, same_run, same_tensors, repro_cbs, scramble
 
 def check(build, train, tmp_path, bar=False):
     "Two runs with the callback bit-identical with equal, intact records; two runs without it differ"
@@ -40,7 +40,9 @@ def check(build, train, tmp_path, bar=False):
     assert not same_run(runs['c'], runs['d'])
     return runs
 
-def fit1(learn): learn.fit_one_cycle(1)
+def fit1(learn):
+    "The training of most scenarios: `fit_one_cycle(1)`"
+    learn.fit_one_cycle(1)
 
 VISION = {
     'MixUp': ([MixUp], fit1),
@@ -48,7 +50,7 @@ VISION = {
     'GradientAccumulation': ([lambda: GradientAccumulation(n_acc=64)], fit1), # a step every 2 batches of 32
     'SaveModelCallback': ([lambda: SaveModelCallback(fname='best')], lambda l: l.fit_one_cycle(2)),
     'EarlyStopping': ([lambda: EarlyStoppingCallback(patience=0, min_delta=10)], lambda l: l.fit(3)), # stops after 2
-    'ReduceLROnPlateau': ([lambda: ReduceLROnPlateau(patience=0, min_delta=10)], lambda l: l.fit(3)), # lowered for epoch 3
+    'ReduceLROnPlateau': ([lambda: ReduceLROnPlateau(patience=0, min_delta=10)], lambda l: l.fit(3)), # lower at epoch 3
     'CSVLogger': ([CSVLogger], fit1),
     'ShowGraphCallback': ([ShowGraphCallback], fit1),
     'to_fp16': ([], lambda l: l.to_fp16().fit_one_cycle(1)), # on a CPU fastai's autocast('cuda') and scaler turn off
@@ -61,6 +63,7 @@ def test_vision_with(name, vision_dls, tmp_path):
     "On the small digits (192 images of 16 px): each scenario trains four times"
     cbs, train = VISION[name]
     def build(cb):
+        "The digits learner with the scenario's callbacks, and `ReproducibleCallback` or not"
         dls = vision_dls()
         if not cb: scramble()
         return make_learner(dls, cb, cbs=[f() for f in cbs])
@@ -71,7 +74,7 @@ def test_vision_with(name, vision_dls, tmp_path):
     if name == 'ReduceLROnPlateau': assert a.opt.hypers[0]['lr'] < a.reproducible.record.fits[0]['hypers'][0]['lr']
     if name == 'SaveModelCallback':
         sa, sb = (torch.load(r.path/'models'/'best.pth', weights_only=True) for r in (a, b))
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert same_tensors(sa, sb)
     if name == 'CSVLogger':
         logs = [pd.read_csv(r.path/'history.csv').drop(columns='time') for r in (a, b)]
         assert logs[0].equals(logs[1]) and len(logs[0]) == 1
@@ -81,6 +84,7 @@ def test_tabular_learner(tmp_path):
     df = load_breast_cancer(as_frame=True).frame
     conts = [c for c in df.columns if c != 'target']
     def build(cb):
+        "A tabular learner, with `ReproducibleCallback` or not"
         to = TabularPandas(df, procs=[Normalize], cont_names=conts, y_names='target', y_block=CategoryBlock(),
                            splits=RandomSplitter(0.2, seed=21)(range(len(df))))
         dls = to.dataloaders(bs=64, path=tmp_path)
@@ -113,6 +117,7 @@ def test_text_classifier(text_dls, tmp_path):
     "AWD-LSTM (small, untrained) with its RNN dropouts, on loaders reused by every run"
     config = {**awd_lstm_clas_config, 'emb_sz': 32, 'n_hid': 64, 'n_layers': 2}
     def build(cb):
+        "A text classifier on `text_dls`, with `ReproducibleCallback` or not"
         if not cb: scramble()
         return text_classifier_learner(text_dls, AWD_LSTM, pretrained=False, config=config, seq_len=24,
                                        metrics=accuracy, cbs=repro_cbs(cb))
@@ -129,6 +134,7 @@ def ratings(n_users=40, n_items=30, n=600) -> pd.DataFrame:
 def test_collab_learner(tmp_path):
     df = ratings()
     def build(cb):
+        "A collaborative filtering learner, with `ReproducibleCallback` or not"
         dls = CollabDataLoaders.from_df(df, valid_pct=0.2, seed=21, bs=64, item_name='item', path=tmp_path)
         if not cb: scramble()
         return collab_learner(dls, n_factors=8, y_range=(0, 5.5), cbs=repro_cbs(cb))

@@ -6,13 +6,15 @@ import os, signal, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from fastai_repro.all import RunRecord, compare
+from helpers import same_tensors
 
 JOB = Path(__file__).parent/'distrib_job.py'
 
 def launch(data, out:Path, mode:str) -> subprocess.CompletedProcess:
     "Run `distrib_job.py` on 2 CPU processes; on a timeout, kill the launcher and its workers"
     out.mkdir(parents=True)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(JOB), str(data), str(out), mode]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(JOB), str(data),
+           str(out), mode]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
     try: stdout, stderr = p.communicate(timeout=600)
@@ -30,7 +32,9 @@ def runs(digits, tmp_path_factory):
         assert r.returncode == 0, f'{mode} run failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}'
     return root
 
-def weights(folder:Path, rank:int) -> dict: return torch.load(folder/f'weights-rank{rank}.pth', weights_only=True)
+def weights(folder:Path, rank:int) -> dict:
+    "The final weights that rank `rank` of a run saved"
+    return torch.load(folder/f'weights-rank{rank}.pth', weights_only=True)
 
 def records(folder:Path) -> list:
     "This run's records, one per rank, in rank order"
@@ -40,13 +44,13 @@ def records(folder:Path) -> list:
 def test_runs_bit_identical_rank_by_rank(runs):
     for rank in (0, 1):
         wa, wb = weights(runs/'a', rank), weights(runs/'b', rank)
-        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), f'rank {rank}'
+        assert same_tensors(wa, wb), f'rank {rank}'
         la, lb = (torch.load(runs/r/f'losses-rank{rank}.pth') for r in 'ab')
         assert torch.equal(la, lb)
 
 def test_without_the_callback_runs_differ(runs):
     wc, wd = weights(runs/'c', 0), weights(runs/'d', 0)
-    assert not all(torch.equal(wc[k], wd[k]) for k in wc)
+    assert not same_tensors(wc, wd)
 
 def test_each_rank_keeps_its_own_record(runs):
     ra, rb = records(runs/'a'), records(runs/'b')
@@ -73,7 +77,7 @@ def test_per_rank_streams(runs):
     assert a[0]['shared'] == a[1]['shared'] # one stream for both ranks: the masks are the same
     assert not set(a[0]['per_rank']) & set(a[1]['per_rank']) # a stream for each rank: no mask in common
     for x, y in zip(a, b):
-        assert x['per_rank'] == y['per_rank'] and all(torch.equal(x['weights'][k], y['weights'][k]) for k in x['weights'])
+        assert x['per_rank'] == y['per_rank'] and same_tensors(x['weights'], y['weights'])
         rx, ry = RunRecord.from_bytes(x['record']), RunRecord.from_bytes(y['record'])
         assert compare(rx, ry).same
         mode = [c['settings'] for c in rx.fits[0]['callbacks'] if c['name'].endswith('ReproducibleCallback')]

@@ -88,7 +88,8 @@ def test_swapped_only_inside_locked_fits():
     assert off.looks.seen and not any(off.looks.seen) # determinism not locked: torch's own
 
 def test_a_pool_of_another_size_or_own_forward_is_left_alone():
-    m = nn.Sequential(nn.AdaptiveMaxPool2d(2), nn.AdaptiveMaxPool2d((1, 1)), nn.AdaptiveMaxPool2d(1, return_indices=True))
+    m = nn.Sequential(nn.AdaptiveMaxPool2d(2), nn.AdaptiveMaxPool2d((1, 1)),
+                      nn.AdaptiveMaxPool2d(1, return_indices=True))
     own = nn.AdaptiveMaxPool2d(1); own.forward = lambda x: x
     m.append(own)
     mods = deterministic_pools(m)

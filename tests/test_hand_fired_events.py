@@ -12,8 +12,9 @@ from fastai.data.load import DataLoader
 from fastai.learner import Learner, Recorder
 from fastai.losses import CrossEntropyLossFlat
 from fastai.test_utils import synth_learner
-from fastai_repro import callback as repro_callback
-from fastai_repro.all import ReproducibleCallback, compare, determinism_flags, get_rng_state, weights_equal
+from fastai_repro.all import (ReproducibleCallback, compare, determinism_flags, get_rng_state, open_scopes,
+                              weights_equal)
+from helpers import quiet, quiet_fit
 
 EVENTS = ['before_fit', 'before_epoch', 'before_train', 'before_batch', 'after_pred', 'after_loss', 'before_backward',
           'after_backward', 'before_step', 'after_step', 'after_batch', 'after_train', 'before_validate',
@@ -39,17 +40,12 @@ def learner(callback:bool, recorder:bool=False) -> Learner:
         learn.remove_cbs([c for c in learn.cbs if isinstance(c, (Recorder, ProgressCallback))])
     return learn
 
-def quiet_fit(learn, n=1):
-    "`learn.fit(n)` without the progress bar and the logger"
-    with learn.no_bar(), learn.no_logging(): learn.fit(n)
-    return learn
-
 def state(learn) -> dict:
     "Every generator the callback seeds, the determinism flags, its fit counter and record, the scopes left open"
     cb = getattr(learn, 'reproducible', None)
     return dict(rng=get_rng_state(learn.dls), flags=determinism_flags(), n_fit=cb and cb.n_fit,
                 record=cb and (len(cb.record.fits), len(cb.record.batches), len(cb.record.events)),
-                open=len(repro_callback.open_scopes()))
+                open=len(open_scopes()))
 
 def changes(a:dict, b:dict) -> list:
     "The parts of two `state` snapshots that differ, by name"
@@ -124,7 +120,7 @@ def test_hand_fired_loop_in_with_changes_nothing(fitted):
         if fitted: quiet_fit(learn)
         if between:
             before = state(learn)
-            with learn.no_bar(), learn.no_logging(), learn: hand_loop(learn)
+            with quiet(learn), learn: hand_loop(learn)
             assert not changes(before, state(learn)), changes(before, state(learn))
         return quiet_fit(learn)
     a, b = run(True), run(False)

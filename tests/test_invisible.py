@@ -10,18 +10,12 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import MSELossFlat
 from fastai.test_utils import synth_dbunch, synth_learner
-from fastai_repro import callback as repro_callback
+from fastai_repro import scope as repro_scope
 from fastai_repro.livecheck import PREVIOUS, PREVIOUS_KEPT, PreviousRuns
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, compare, determinism_flags, get_rng_state,
-                              weights_equal)
-from helpers import assert_same, repro_cbs, scramble
-from test_callback_api import small_cnn
-
-def quiet_fit(learn, n=2, **kw):
-    "`learn.fit(n)` without the progress bar and the logger"
-    with learn.no_bar(), learn.no_logging(): learn.fit(n, **kw)
-    return learn
+                              open_scopes, weights_equal)
+from helpers import assert_same, fit_x_fit, quiet, quiet_fit, repro_cbs, scramble, small_cnn
 
 # --- one loader used twice --------------------------------------------------------------------------------------
 def shared_loader_learner(callback=True):
@@ -33,10 +27,11 @@ def shared_loader_learner(callback=True):
     return Learner(DataLoaders(dl, dl), nn.Linear(1, 1), loss_func=MSELossFlat(), cbs=cbs)
 
 def test_one_loader_used_twice():
-    a, b = quiet_fit(shared_loader_learner()), quiet_fit(shared_loader_learner())
+    a, b = quiet_fit(shared_loader_learner(), 2), quiet_fit(shared_loader_learner(), 2)
     assert weights_equal(a.model, b.model)
     assert compare(a.reproducible.record, b.reproducible.record).same
-    assert not weights_equal(quiet_fit(shared_loader_learner(False)).model, quiet_fit(shared_loader_learner(False)).model)
+    assert not weights_equal(quiet_fit(shared_loader_learner(False), 2).model,
+                             quiet_fit(shared_loader_learner(False), 2).model)
 
 def test_flags_given_back_first_whatever_fails(monkeypatch):
     "A failure while closing (here: releasing a loader) comes after the flags are back, and does not break the fit"
@@ -45,9 +40,9 @@ def test_flags_given_back_first_whatever_fails(monkeypatch):
     def broken(dl):
         "Note the flags when the loader is released, then fail"
         seen.append(determinism_flags()); raise RuntimeError('release failed')
-    monkeypatch.setattr(repro_callback, 'release_loader', broken)
+    monkeypatch.setattr(repro_scope, 'release_loader', broken)
     with pytest.warns(ReproducibilityWarning, match='release failed'): quiet_fit(learn, 1)
-    assert seen == [before] and determinism_flags() == before and repro_callback.open_scopes() == []
+    assert seen == [before] and determinism_flags() == before and open_scopes() == []
     assert learn.reproducible.record.fits[0]['end'] == {'status': 'completed'}
 
 # --- one callback, two learners -----------------------------------------------------------------------------------
@@ -70,12 +65,13 @@ class StopAt(Callback):
     "Raises a new `exc()` in the middle of training batch `it` of epoch `ep` (after the forward pass)"
     def __init__(self, exc, ep=1, it=2): self.exc, self.ep, self.it = exc, ep, it
     def after_pred(self):
-        if self.training and self.learn.epoch == self.ep and self.learn.iter == self.it: raise self.exc('stopped by the test')
+        if self.training and self.learn.epoch == self.ep and self.learn.iter == self.it:
+            raise self.exc('stopped by the test')
 
 def run_stopped(exc=None):
     "`fit(2)` of a synthetic learner with the callback, stopped by an `exc()` at epoch 1, train batch 2"
     learn = synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False)] + ([StopAt(exc)] if exc else []))
-    with learn.no_bar(), learn.no_logging():
+    with quiet(learn):
         try: learn.fit(2)
         except BaseException as e:
             if not isinstance(e, exc): raise
@@ -127,12 +123,12 @@ class DrawBetween(Hidden):
 
 def test_stop_between_batches_compares_the_finished_ones():
     synth = lambda: synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), ExtraDraw(), StopAfter()])
-    with switched(StopAfter): stopped = quiet_fit(synth())
+    with switched(StopAfter): stopped = quiet_fit(synth(), 2)
     end = stopped.reproducible.record.fits[0]['end']
     assert (end['epoch'], end['phase'], end['iter']) == (0, 'train', 3) # the first batch it did not finish
     assert 'cancelled' not in stopped.reproducible.record.columns # batch 2 ran to its end
-    full = quiet_fit(synth())
-    with switched(ExtraDraw): noisy = quiet_fit(synth())
+    full = quiet_fit(synth(), 2)
+    with switched(ExtraDraw): noisy = quiet_fit(synth(), 2)
     assert compare(full.reproducible.record, stopped.reproducible.record).causes == ['interrupted']
     c = compare(noisy.reproducible.record, stopped.reproducible.record) # differs from batch 0 on: still seen
     assert c.causes == ['rng', 'interrupted'] and c.first_divergence.iter == 0, c.report()
@@ -140,8 +136,8 @@ def test_stop_between_batches_compares_the_finished_ones():
 def test_a_draw_between_batches_changes_nothing():
     "Each batch draws from its own key: a draw after a batch has ended reaches no later batch, and no cause is named"
     synth = lambda: synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), DrawBetween()])
-    quiet = quiet_fit(synth())
-    with switched(DrawBetween): drawn = quiet_fit(synth())
+    quiet = quiet_fit(synth(), 2)
+    with switched(DrawBetween): drawn = quiet_fit(synth(), 2)
     assert weights_equal(quiet.model, drawn.model)
     assert compare(quiet.reproducible.record, drawn.reproducible.record).same
 
@@ -161,7 +157,7 @@ def test_failed_inference_call_closes_what_it_opened():
     learn = quiet_fit(synth_learner(cbs=ReproducibleCallback(21, compare_previous=False)), 1)
     flags, rng = determinism_flags(), get_rng_state(learn.dls)
     with pytest.raises(RuntimeError, match='inference failed'): learn.validate(cbs=FailAfterUs())
-    assert determinism_flags() == flags and repro_callback.open_scopes() == []
+    assert determinism_flags() == flags and open_scopes() == []
     after = get_rng_state(learn.dls)
     assert after['random'] == rng['random'] and torch.equal(after['torch'], rng['torch'])
 
@@ -175,7 +171,7 @@ def test_cancelled_batch_row():
     with switched(SkipBatch): rec = quiet_fit(learn, 1).reproducible.record
     rows = rec.batches.set_index(['phase', 'iter'])
     skipped, before = rows.loc[('train', 1)], rows.loc[('train', 0)]
-    assert skipped.cancelled == True and skipped.isna()['loss'] # not the loss of batch 0, which `learn.loss` still holds
+    assert skipped.cancelled == True and skipped.isna()['loss'] # not batch 0's loss, which `learn.loss` still holds
     assert not skipped.isna()['rng_torch_step'] # torch's state after this batch, its own value
     assert rows.cancelled.sum() == 1 and not before.isna()['loss']
     full = quiet_fit(synth_learner(cbs=[ReproducibleCallback(21, compare_previous=False), SkipBatch()]), 1)
@@ -197,7 +193,8 @@ def test_a_rerun_of_the_same_code_is_compared():
     with warnings.catch_warnings(record=True) as ws:
         warnings.simplefilter('always')
         for extra in (False, True):
-            with switched(*[ExtraDraw] * extra): quiet_fit(synth_learner(cbs=[ReproducibleCallback(21), ExtraDraw()]), 1)
+            with switched(*[ExtraDraw] * extra):
+                quiet_fit(synth_learner(cbs=[ReproducibleCallback(21), ExtraDraw()]), 1)
     divergences = [w for w in ws if issubclass(w.category, ReproducibilityWarning) and 'differs' in str(w.message)]
     assert len(divergences) == 1 and 'rng:' in str(divergences[0].message)
 
@@ -212,7 +209,7 @@ def test_interrupted_run_is_no_reference():
     kept = []
     for stop in (True, False):
         learn = synth_learner(cbs=[ReproducibleCallback(21)] + ([StopAt(CancelFitException)] if stop else []))
-        quiet_fit(learn)
+        quiet_fit(learn, 2)
         kept.append(PREVIOUS.records())
     assert kept == [[], [learn.reproducible.record]]
 
@@ -257,7 +254,7 @@ def test_model_without_parameters_no_false_warning():
     with pytest.warns(ReproducibilityWarning, match='built before'):
         Learner(synth_dbunch(), model, loss_func=MSELossFlat(), cbs=ReproducibleCallback(21))
 
-# --- calls between two fits leave the second fit as it was -------------------------------------------------------------
+# --- calls between two fits leave the second fit as it was ---------------------------------------------------------
 def by_hand(learn):
     "Fire the events of a fit by hand, as fastai's own tests do: the callback stays out of them"
     learn('before_fit'); learn('before_epoch'); learn('after_epoch'); learn('after_fit')
@@ -274,21 +271,22 @@ BETWEEN = dict(tta=lambda l: l.tta(), with_learn=with_learn, summary=lambda l: l
 def test_calls_between_fits_change_nothing(vision_dls, between):
     "`fit; X; fit` ends bit-identical to `fit; fit`, X leaves every generator and flag as it found them, warns nothing"
     import matplotlib; matplotlib.use('Agg')
+    def checked(learn):
+        "The call `between`, checked to leave every generator, flag and gradient as it found them"
+        flags, st, grads = determinism_flags(), get_rng_state(learn.dls), [p.grad for p in learn.model.parameters()]
+        BETWEEN[between](learn)
+        now = get_rng_state(learn.dls)
+        assert determinism_flags() == flags and now['random'] == st['random'] and now['loaders'] == st['loaders']
+        assert torch.equal(now['torch'], st['torch']) and all(map(np.array_equal, now['numpy'], st['numpy']))
+        assert all(g is p.grad for g, p in zip(grads, learn.model.parameters()))
     def run(call):
+        "`fit; X; fit` (`call`: with X before the first fit too, and checked) or `fit; fit`"
         cbs = repro_cbs() # before the model, so that its initial weights are covered
         learn = Learner(vision_dls(), small_cnn(), loss_func=CrossEntropyLossFlat(), cbs=cbs)
-        with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        with quiet(learn), warnings.catch_warnings():
             warnings.simplefilter('error', ReproducibilityWarning)
             if call: BETWEEN[between](learn) # before any fit too
-            learn.fit(1, 1e-3)
-            if call:
-                flags, st, grads = determinism_flags(), get_rng_state(learn.dls), [p.grad for p in learn.model.parameters()]
-                BETWEEN[between](learn)
-                now = get_rng_state(learn.dls)
-                assert determinism_flags() == flags and now['random'] == st['random'] and now['loaders'] == st['loaders']
-                assert torch.equal(now['torch'], st['torch']) and all(map(np.array_equal, now['numpy'], st['numpy']))
-                assert all(g is p.grad for g, p in zip(grads, learn.model.parameters()))
-            learn.fit(1, 1e-3)
+            fit_x_fit(learn, checked if call else None, fit=lambda learn: learn.fit(1, 1e-3))
         assert learn.reproducible.n_fit == 2 and len(learn.reproducible.record.fits) == 2
         return learn
     assert_same(run(True), run(False))

@@ -7,14 +7,16 @@ from fastai.callback.mixup import MixUp
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai_repro.all import ReproducibleCallback, compare
-from helpers import in_new_processes
+from helpers import in_new_processes, same_tensors
 import resume_job
 
 def model(dropout=False):
+    "A small image classifier, with a Dropout before its last layer or not"
     layers = [nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers, *([nn.Dropout(0.3)] if dropout else []), nn.Linear(8, 2))
 
 def run(new_dls, isolate=True, dropout=False, mixup=False, lr=1e-3, **dls_kw):
+    "Two quiet epochs of `model` with the callback (and `MixUp` or not); the record"
     dls = new_dls(**dls_kw)
     cb = ReproducibleCallback(21, isolate_data=isolate, compare_previous=False) # before the model: init covered
     learn = Learner(dls, model(dropout), loss_func=CrossEntropyLossFlat(), cbs=[cb] + ([MixUp()] if mixup else []))
@@ -56,8 +58,6 @@ def jobs(folder, prefix:str) -> dict:
     in_new_processes(*[(resume_job.main, m, str(folder/str(cb)), cb) for m, cb in modes[4:]]) # from the checkpoints
     return {(m.removeprefix(prefix), cb): torch.load(folder/str(cb)/f'{m}.pth') for m, cb in modes}
 
-def equal(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
 @pytest.fixture
 def job_folder(small_digits, tmp_path):
     "The small digits (192 images of 16 px), copied where the jobs save their checkpoints"
@@ -67,5 +67,5 @@ def job_folder(small_digits, tmp_path):
 @pytest.mark.parametrize('prefix', ['', 'ft_'])
 def test_exact_resume_in_new_processes(job_folder, prefix):
     runs = jobs(job_folder, prefix)
-    assert equal(runs['full', True], runs['resume', True])
-    assert not equal(runs['full', False], runs['resume', False])
+    assert same_tensors(runs['full', True], runs['resume', True])
+    assert not same_tensors(runs['full', False], runs['resume', False])

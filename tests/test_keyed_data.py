@@ -13,7 +13,7 @@ from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, isola
 from fastai_repro.keyed_data import KeyedBatch
 from fastai_repro.runrecord import DIGEST_KEYS
 import workers_job
-from helpers import in_new_processes
+from helpers import in_new_processes, same_tensors
 from workers_job import Draws, Inputs, Items
 
 # name: (start method, workers, persistent, callback)
@@ -29,10 +29,16 @@ def runs(tmp_path_factory) -> dict:
         in_new_processes(*[(workers_job.main, *RUNS[n], str(root/f'{n}.pt')) for n in names[i:i + 2]])
     return {name: torch.load(root/f'{name}.pt', weights_only=False) for name in names}
 
-def same_weights(a, b) -> bool: return all(torch.equal(a['weights'][k], b['weights'][k]) for k in a['weights'])
+def same_weights(a, b) -> bool:
+    "Bit-identical final weights of two runs"
+    return same_tensors(a['weights'], b['weights'])
+
 def same_inputs(a, b) -> bool:
+    "The same inputs, bit for bit, at every batch of two runs"
     return len(a['inputs']) == len(b['inputs']) and all(torch.equal(x, y) for x, y in zip(a['inputs'], b['inputs']))
-def digests(run) -> list: return [tuple(r[k] for k in DIGEST_KEYS) for r in run['rows']]
+def digests(run) -> list:
+    "The digests of every batch of a run"
+    return [tuple(r[k] for k in DIGEST_KEYS) for r in run['rows']]
 
 @pytest.mark.parametrize('name', ['fork', 'spawn', 'forkserver'])
 def test_start_methods_give_the_same_run(runs, name):
@@ -76,7 +82,7 @@ def iterable_fit(callback:bool) -> tuple:
 def test_iterable_data_keyed_by_position():
     "Items of an iterable data set are keyed by their position in the epoch: two runs match, two items differ"
     (a, wa), (b, wb) = iterable_fit(True), iterable_fit(True)
-    assert torch.equal(a, b) and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert torch.equal(a, b) and same_tensors(wa, wb)
     first = a[:24] # epoch 0's training items: all zeros before the noise, so each differs only by its own draws
     assert len({tuple(r.tolist()) for r in first}) == 24
     c, _ = iterable_fit(False)

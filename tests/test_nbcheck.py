@@ -19,7 +19,8 @@ dls = DataLoaders(TfmdDL(items, bs=8, shuffle=True, num_workers=0), TfmdDL(items
 def training_notebook(path:Path, callback:bool, lr:float):
     "A notebook that trains a small model with fastai (its table of epochs in HTML) and prints the results"
     cbs = 'ReproducibleCallback(21)' if callback else 'None'
-    cells = [SETUP, f'cbs = {cbs}\nlearn = Learner(dls, nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)),\n'
+    cells = [SETUP, f'cbs = {cbs}\n'
+             'learn = Learner(dls, nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)),\n'
              f'                loss_func=nn.CrossEntropyLoss(), cbs=cbs)', f'learn.fit(2, {lr})',
              'learn.recorder.values', 'print(hex(weights_digest(learn.model)))']
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
@@ -46,7 +47,7 @@ def test_with_the_callback_parallel_equals_serial(folder, capsys):
     "Two training notebooks re-executed two at a time print what they printed one at a time (saved by the fixture)"
     two = nbcheck([folder/'a.ipynb', folder/'b.ipynb'], n_workers=2)
     assert [r.status for r in two] == [0, 0] and [r.compared for r in two] == [5, 5]
-    assert 'time' in two[0].rules <= {'time', 'paths'} # left out of the training table (and a warning's path), and said so
+    assert 'time' in two[0].rules <= {'time', 'paths'} # left out of the training table (and a warning's path), said so
     assert main(['nbcheck', '--n-workers', '1', str(folder/'a.ipynb'), str(folder/'b.ipynb')]) == 0 # and one at a time
     out = capsys.readouterr().out
     assert out.count('5 compared cells match') == 2 and "the `time` column of fastai's training tables" in out
@@ -56,12 +57,13 @@ def test_without_the_callback_training_cells_differ(folder, capsys):
     assert main(['nbcheck', str(folder/'c_plain.ipynb')]) == 1
     out = capsys.readouterr().out
     assert '3 of 5 compared cells differ' in out and '--- saved' in out and '+++ now' in out
-    assert [l.split(':')[0].strip() for l in out.splitlines() if l.startswith('  cell ')] == ['cell 2', 'cell 3', 'cell 4']
+    assert [l.split(':')[0].strip() for l in out.splitlines()
+            if l.startswith('  cell ')] == ['cell 2', 'cell 3', 'cell 4']
 
 def test_a_changed_training_cell_says_why(folder, tmp_path, capsys):
-    "`--update` kept the training cell's record beside the notebook; after a change of learning rate the report names it"
+    "`--update` kept the training cell's record beside the notebook; after a change of learning rate the report says so"
     nb = nbformat.read(folder/'a.ipynb', as_version=4)
-    assert sorted(p.name for p in (folder/'a.records').iterdir()) == [f'{nb.cells[2].id}-0.jsonl'] # the cell that trained
+    assert sorted(p.name for p in (folder/'a.records').iterdir()) == [f'{nb.cells[2].id}-0.jsonl'] # the training cell
     assert not (folder/'c_plain.records').exists() # no callback, no record
     shutil.copytree(folder/'a.records', tmp_path/'a.records')
     nb.cells[2].source = 'learn.fit(2, 0.02)'; nbformat.write(nb, tmp_path/'a.ipynb')

@@ -12,7 +12,8 @@ KERNEL = dict(name='python3', display_name='python3', language='python')
 
 def notebook(path:Path, cells, outputs=None, kernel=KERNEL) -> Path:
     "A notebook of code `cells`, each saved with the stdout text of `outputs` (none: no outputs)"
-    outs = [[nbformat.v4.new_output('stream', name='stdout', text=o)] for o in outputs] if outputs else [[]] * len(cells)
+    outs = ([[nbformat.v4.new_output('stream', name='stdout', text=o)] for o in outputs] if outputs
+            else [[]] * len(cells))
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c, outputs=o) for c, o in zip(cells, outs)],
                                   metadata={'kernelspec': kernel})
     nbformat.write(nb, path)
@@ -76,9 +77,11 @@ def widget(model_id:str, text:str) -> dict:
 
 def test_widgets_compared_without_their_model_id():
     "A widget's view differs by its random model_id alone: the same; its text still compared"
-    r = compare_cells(*saved_and_now([widget('a' * 32, 'IntSlider(value=3)')], [widget('b' * 32, 'IntSlider(value=3)')]))
+    r = compare_cells(*saved_and_now([widget('a' * 32, 'IntSlider(value=3)')],
+                                     [widget('b' * 32, 'IntSlider(value=3)')]))
     assert (r.status, r.rules) == (0, {'widgets'}), report(r)
-    r = compare_cells(*saved_and_now([widget('a' * 32, 'IntSlider(value=3)')], [widget('b' * 32, 'IntSlider(value=4)')]))
+    r = compare_cells(*saved_and_now([widget('a' * 32, 'IntSlider(value=3)')],
+                                     [widget('b' * 32, 'IntSlider(value=4)')]))
     assert r.status == 1 and '+[plain] IntSlider(value=4)' in r.differ[0].diff, report(r)
 
 def test_tqdm_notebook_widget_left_out():
@@ -182,7 +185,9 @@ def test_update_that_saved_exits_0(tmp_path, capfd):
 
 def test_failed_save_shows_the_diff_and_the_error(tmp_path, capfd, monkeypatch):
     "--update that cannot save (a full disk): the diff and the error, exit 2, the notebook as it was"
-    def full(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
+    def full(*a, **k):
+        "A write to a full disk"
+        raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(nbc, 'write_atomic', full)
     path = notebook(tmp_path/'u.ipynb', ['print(2 + 2)'], ['5\n'])
     before = path.read_bytes()

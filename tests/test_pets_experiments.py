@@ -12,7 +12,7 @@ def test_lr_find_suggestions_equal(new_dls):
     assert a.suggestion == b.suggestion
     assert_same(a, b)
     c, d = train(new_dls(), callback=False, lr_find=True), train(new_dls(), callback=False, lr_find=True)
-    assert not same_run(c, d) # the suggestions may coincide (24 steps: the valley can be the smallest rate), the runs not
+    assert not same_run(c, d) # the suggestions may coincide (24 steps: the valley can be the smallest rate), runs not
 
 def test_losses_were_recorded(new_dls):
     "The traces `same_run` compares are not empty: fine_tune(1) is two fits of one epoch"

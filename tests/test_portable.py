@@ -70,7 +70,8 @@ def test_portable_kernels_too_late():
             'with learn.no_bar(), learn.no_logging(), warnings.catch_warnings(record=True) as w:\n'
             '    warnings.simplefilter("always"); learn.fit(1); learn.fit(1)\n'
             'print("events", *[e["event"] for e in learn.reproducible.record.events if e["event"] == "kernels_late"])')
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=native_env(**OTHER), timeout=300)
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=native_env(**OTHER),
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
     assert lines[0] == '2 2', r.stdout # two libraries late, each warned

@@ -17,6 +17,7 @@ def saved(tmp_path_factory):
     return path
 
 def write(tmp_path, name, data) -> str:
+    "Writes `data` (bytes or text) to the file `name` in `tmp_path`; its path"
     p = tmp_path/name
     p.write_bytes(data if isinstance(data, bytes) else data.encode())
     return p
@@ -28,15 +29,19 @@ def with_crc(lines:list) -> str:
     return body + json.dumps(end, separators=(',', ':')) + '\n'
 
 @pytest.mark.parametrize('name, edit, msg', [
-    ('no_columns', lambda ls: [ls[0].replace('"columns"', '"cols"')] + ls[1:], "line 1: the header's 'columns' must be a list"),
+    ('no_columns', lambda ls: [ls[0].replace('"columns"', '"cols"')] + ls[1:],
+     "line 1: the header's 'columns' must be a list"),
     ('deep', lambda ls: ls[:1] + ['[' * 100_000 + ']' * 100_000 + '\n'] + ls[1:], 'line 2: nested too deeply'),
-    ('deep_fit', lambda ls: ls[:1] + ['{"fit":' + '[' * 100 + ']' * 100 + '}\n'] + ls[1:], 'line 2: a fit must be an object'),
+    ('deep_fit', lambda ls: ls[:1] + ['{"fit":' + '[' * 100 + ']' * 100 + '}\n'] + ls[1:],
+     'line 2: a fit must be an object'),
     ('fit5', lambda ls: ls[:1] + ['{"fit":5}\n'] + ls[1:], 'line 2: a fit must be an object, got 5'),
     ('fit_seed', lambda ls: ls[:1] + [ls[1].replace('"seed":21', '"seed":"21"')] + ls[2:], "line 2: fit field 'seed'"),
-    ('row_type', lambda ls: ls[:-2] + [ls[-2].replace('"valid"', '7').replace('"train"', '7')] + ls[-1:], "batch column 'phase' is 7"),
+    ('row_type', lambda ls: ls[:-2] + [ls[-2].replace('"valid"', '7').replace('"train"', '7')] + ls[-1:],
+     "batch column 'phase' is 7"),
     ('row_loss', lambda ls: ls[:-2] + [ls[-2][:-2] + ',true]\n'] + ls[-1:], 'a batch row with'),
     ('version_str', lambda ls: [ls[0].replace('"version":2', '"version":"1"')] + ls[1:], "a positive integer, got '1'"),
-    ('version_new', lambda ls: [ls[0].replace('"version":2', '"version":9')] + ls[1:], 'written by a newer fastai_repro'),
+    ('version_new', lambda ls: [ls[0].replace('"version":2', '"version":9')] + ls[1:],
+     'written by a newer fastai_repro'),
     ('twice', lambda ls: ls[:-1] + ls[-2:-1] + ls[-1:], 'a batch recorded twice'),
     ('dropped', lambda ls: ls[:-2] + ls[-1:], 'end line counts'),
 ])
@@ -72,6 +77,7 @@ def test_fuzz_every_damage_is_a_record_error(saved, tmp_path):
     rec, data = RunRecord.load(saved), saved.read_bytes()
     lines, rnd = data.splitlines(True), random.Random(11)
     def check(b:bytes):
+        "Loads `b` from a file: 0 if that is a `RecordError`, else 1 (and the record must equal `rec`)"
         p = write(tmp_path, 'fuzz.jsonl', b)
         try: got = RunRecord.load(p)
         except RecordError: return 0

@@ -19,6 +19,7 @@ def test_two_runs_give_equal_records(new_dls):
 
 def test_recording_changes_no_bit(new_dls):
     def run(every):
+        "`fine_tune(1)` of the pets learner recording every `every` batches (0: none)"
         learn = make_learner(new_dls())
         learn.reproducible.every = every
         with learn.no_bar(), learn.no_logging(): learn.fine_tune(1)

@@ -12,10 +12,10 @@ from fastai.losses import MSELossFlat
 from fastai.optimizer import SGD, OptimWrapper, ranger
 from fastai.test_utils import RegModel, synth_dbunch, synth_learner
 from fastai.torch_core import TensorBase
-from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, RunRecord, RecordError, compare, isolate_loader,
-                              weights_equal)
+from fastai_repro.all import (ReproducibleCallback, ReproducibilityWarning, RunRecord, RecordError, compare,
+                              isolate_loader, weights_equal)
 from fastai_repro.checkpoint import checkpoints
-from helpers import in_new_processes, run_script
+from helpers import assert_same_tensors, in_new_processes, quiet_fit, run_script
 import ckpt_job, workers_job
 
 KILLED = -signal.SIGKILL
@@ -27,8 +27,7 @@ def outcome(folder:Path, mode:str) -> dict:
 
 def assert_same_run(a:dict, b:dict):
     "Every weight bit-identical, the same epoch values, and records `compare` calls the same"
-    assert a['weights'].keys() == b['weights'].keys()
-    for k in a['weights']: assert torch.equal(a['weights'][k], b['weights'][k]), f'{k} differs'
+    assert_same_tensors(a['weights'], b['weights'])
     assert a['values'] == b['values']
     c = compare(a['record'], b['record'])
     assert c.same, c.report()
@@ -67,9 +66,7 @@ def test_each_fit_method_resumes(job_dir, method, workers, at):
 # --- checkpoints in one process: what is written, what is refused ---------------------------------------------------
 def fit_synth(cb, n_epoch=2, **kw):
     "A synthetic learner trained with `cb`: 10 training batches an epoch"
-    learn = synth_learner(n_trn=10, cbs=cb, **kw) # 10 batches of 16
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(n_epoch)
-    return learn
+    return quiet_fit(synth_learner(n_trn=10, cbs=cb, **kw), n_epoch, how='fit_one_cycle') # 10 batches of 16
 
 class Crash(Callback):
     "Raises as training batch 6 of epoch 1 begins, while `Crash.on`: a switch, not a setting"
@@ -79,27 +76,26 @@ class Crash(Callback):
 
 SETUPS = { # what else the learner has: callbacks with state, optimizers with a state dict of their own
     'plain': lambda: {}, 'accumulating': lambda: dict(cbs=[GradientAccumulation(n_acc=32)]), # a step every 2 batches
-    'torch_adam': lambda: dict(opt_func=partial(OptimWrapper, opt=torch.optim.Adam)), 'ranger': lambda: dict(opt_func=ranger)}
+    'torch_adam': lambda: dict(opt_func=partial(OptimWrapper, opt=torch.optim.Adam)),
+    'ranger': lambda: dict(opt_func=ranger)}
 
 @pytest.mark.parametrize('setup', list(SETUPS))
 def test_resume_in_one_process(tmp_path, setup):
     """A synthetic fit that crashed goes on from its last checkpoint (before batch 5 of epoch 1, between two steps of
-    `GradientAccumulation`) and ends as the fit that did not crash; the crashed run had a progress bar, the others not"""
+    `GradientAccumulation`) and ends as the fit that did not crash; the crashed run had a progress bar, others not"""
     def learner(cb):
+        "The synthetic learner of `setup`, with `cb` and a `Crash` switch"
         kw = {'opt_func': partial(SGD, mom=0.9), **SETUPS[setup]()} # synth_learner's optimizer unless another
         return Learner(synth_dbunch(n_train=10), RegModel(), loss_func=MSELossFlat(), lr=1e-3,
                        **{**kw, 'cbs': [cb, Crash()] + kw.get('cbs', [])})
-    def fit(learn):
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2)
-        return learn
-    full = fit(learner(ReproducibleCallback(21, compare_previous=False)))
+    full = quiet_fit(learner(ReproducibleCallback(21, compare_previous=False)), 2, how='fit_one_cycle')
     crashed = learner(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path))
     Crash.on = True
     try:
         with crashed.no_logging(), pytest.raises(RuntimeError, match='out of memory'): crashed.fit_one_cycle(2)
     finally: Crash.on = False
     assert [p.name for p in checkpoints(tmp_path)][-1].endswith('-fit000-epoch0001-batch000005.ckpt')
-    resumed = fit(learner(ReproducibleCallback(21, resume_from=tmp_path)))
+    resumed = quiet_fit(learner(ReproducibleCallback(21, resume_from=tmp_path)), 2, how='fit_one_cycle')
     assert weights_equal(full.model, resumed.model)
     a, b = full.recorder, resumed.recorder
     assert a.values == b.values and a.hps == b.hps and a.lrs == b.lrs and a.iters == b.iters
@@ -109,7 +105,8 @@ def test_resume_in_one_process(tmp_path, setup):
 def test_checkpoints_kept_and_atomic(tmp_path):
     fit_synth(ReproducibleCallback(21, checkpoint_every=3, checkpoint_dir=tmp_path, keep=2))
     names = sorted(os.listdir(tmp_path))
-    assert [n.split('-', 2)[2] for n in names] == ['fit000-epoch0001-batch000008.ckpt', 'fit000-epoch0001-batch000010.ckpt']
+    assert [n.split('-', 2)[2] for n in names] == ['fit000-epoch0001-batch000008.ckpt',
+                                                   'fit000-epoch0001-batch000010.ckpt']
     (tmp_path/f'.{names[0][:-16]}12.ckpt.x1.tmp').write_bytes(b'half a checkpoint') # killed while writing
     assert [p.name for p in checkpoints(tmp_path)] == names[-2:]
     data = (tmp_path/names[-1]).read_bytes()
@@ -118,7 +115,8 @@ def test_checkpoints_kept_and_atomic(tmp_path):
 
 def test_a_checkpoint_from_another_run_is_refused(tmp_path):
     fit_synth(ReproducibleCallback(21, checkpoint_dir=tmp_path))
-    with pytest.raises(ValueError, match='seed 21, not 22'): ReproducibleCallback(22, resume_from=checkpoints(tmp_path)[-1])
+    with pytest.raises(ValueError, match='seed 21, not 22'):
+        ReproducibleCallback(22, resume_from=checkpoints(tmp_path)[-1])
     with pytest.raises(ValueError, match=r'no checkpoint of seed 22 .* of seed \[21\]'):
         ReproducibleCallback(22, resume_from=tmp_path)
     for why, change in (('data set', dict(n_epoch=2, n_trn=5)), ('fit call', dict(n_epoch=3)),
@@ -126,7 +124,8 @@ def test_a_checkpoint_from_another_run_is_refused(tmp_path):
         kw = {k: v for k, v in change.items() if k != 'n_epoch'}
         built = []
         with pytest.raises(ValueError, match=f'from another {why}: fit 0 differs'):
-            built.append(synth_learner(n_trn=kw.pop('n_trn', 10), cbs=ReproducibleCallback(21, resume_from=tmp_path), **kw))
+            built.append(synth_learner(n_trn=kw.pop('n_trn', 10), cbs=ReproducibleCallback(21, resume_from=tmp_path),
+                                       **kw))
             with built[0].no_bar(), built[0].no_logging(): built[0].fit_one_cycle(change['n_epoch'])
         assert bool(built) == (why == 'fit call') # the data set and the model are refused as the learner is built
 

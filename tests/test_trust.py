@@ -6,12 +6,7 @@ from fastai.callback.training import GradientClip
 from fastai.losses import CrossEntropyLossFlat
 from fastai.optimizer import SGD
 from fastai_repro.all import ReproducibilityWarning, RunRecord, compare, digits_dls
-from helpers import make_learner
-
-def fit1(learn, n_epoch=1):
-    "One quiet training fit; the learner's record"
-    with learn.no_bar(), learn.no_logging(): learn.fit(n_epoch)
-    return learn.reproducible.record
+from helpers import fit_record, make_learner
 
 def test_thread_count_is_named(vision_dls):
     "The same training with 1 and 2 CPU threads differs (convolution gradients are summed in another order)"
@@ -20,7 +15,7 @@ def test_thread_count_is_named(vision_dls):
         recs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            recs.append(fit1(make_learner(vision_dls())))
+            recs.append(fit_record(make_learner(vision_dls())))
     finally: torch.set_num_threads(n)
     c = compare(*recs)
     assert not c.same and c.first_divergence is not None, 'on this machine 1 and 2 threads must give other numbers'
@@ -30,28 +25,28 @@ def test_thread_count_is_named(vision_dls):
 
 def test_added_callback_is_named(vision_dls):
     "Two runs that differ only by `GradientClip`: an intended change, named, and not warned about live"
-    a = fit1(make_learner(vision_dls()))
+    a = fit_record(make_learner(vision_dls()))
     learn = make_learner(vision_dls(), cbs=[GradientClip(0.01)])
     learn.reproducible.reference = a
     with warnings.catch_warnings():
         warnings.simplefilter('error', ReproducibilityWarning) # intended: no warning
-        b = fit1(learn)
+        b = fit_record(learn)
     c = compare(a, b)
     assert c.first_divergence is not None and c.causes == ['callbacks'], c.report()
     assert 'GradientClip' in c.details['callbacks'] and 'an intended change' in c.fixes['callbacks']
     learn = make_learner(vision_dls(), cbs=[GradientClip(0.02)]) # the same callback with another setting
-    assert compare(b, fit1(learn)).causes == ['callbacks']
+    assert compare(b, fit_record(learn)).causes == ['callbacks']
 
 @pytest.mark.parametrize('change, cause', [(dict(opt_func=SGD), 'optimizer'),
                                            (dict(loss_func=CrossEntropyLossFlat(label_smoothing=0.1)), 'loss_func')])
 def test_optimizer_and_loss_are_named(vision_dls, change, cause):
-    a = fit1(make_learner(vision_dls()))
-    c = compare(a, fit1(make_learner(vision_dls(), **change)))
+    a = fit_record(make_learner(vision_dls()))
+    c = compare(a, fit_record(make_learner(vision_dls(), **change)))
     assert c.causes == [cause], c.report()
 
 def test_progress_bar_is_no_difference(vision_dls):
     "A run with fastai's progress bar and one under `no_bar()` (no `ProgressCallback`) are the same run"
-    a = fit1(make_learner(vision_dls()))
+    a = fit_record(make_learner(vision_dls()))
     learn = make_learner(vision_dls())
     with learn.no_logging(): learn.fit(1) # with its bar
     c = compare(a, learn.reproducible.record)
@@ -60,9 +55,9 @@ def test_progress_bar_is_no_difference(vision_dls):
 
 def test_partial_coverage_is_not_same(vision_dls):
     "Batches recorded by one run only are said, not ignored: every=1 against every=2, rows missing, an empty record"
-    a = fit1(make_learner(vision_dls()))
+    a = fit_record(make_learner(vision_dls()))
     learn = make_learner(vision_dls()); learn.reproducible.every = 2
-    b = fit1(learn)
+    b = fit_record(learn)
     c = compare(a, b)
     n_a, n_b = len(a.rows), len(b.rows)
     assert 0 < n_b < n_a and not c.same and c.causes == ['incomplete'], c.report()
@@ -75,13 +70,13 @@ def test_partial_coverage_is_not_same(vision_dls):
     assert compare(a, copy.deepcopy(a)).same
 
 def test_workers_change_nothing_and_warn_nothing(small_digits):
-    "0 and 2 workers give bit-identical batches and weights: a setting that changed nothing, no warning, no strict error"
-    a = fit1(make_learner(digits_dls(small_digits, seed=21, size=16, bs=32, num_workers=0)))
+    "0 and 2 workers give bit-identical batches and weights: a setting that changed nothing, no warning or strict error"
+    a = fit_record(make_learner(digits_dls(small_digits, seed=21, size=16, bs=32, num_workers=0)))
     learn = make_learner(digits_dls(small_digits, seed=21, size=16, bs=32, num_workers=2))
     learn.reproducible.strict, learn.reproducible.reference = True, a
     with warnings.catch_warnings():
         warnings.simplefilter('error', ReproducibilityWarning)
-        b = fit1(learn)
+        b = fit_record(learn)
     c = compare(a, b)
     assert c.same and c.causes == [] and list(c.inert) == ['dataloader'], c.report()
     assert 'num_workers: 0 vs 2' in c.inert['dataloader'] and 'changed nothing recorded: dataloader' in c.verdict()
@@ -89,7 +84,7 @@ def test_workers_change_nothing_and_warn_nothing(small_digits):
 
 def test_nondeterminism_only_when_every_fact_matches(vision_dls):
     "The facts hold each ingredient: one run's thread count changed by hand is never called non-determinism"
-    a = fit1(make_learner(vision_dls()))
+    a = fit_record(make_learner(vision_dls()))
     b = copy.deepcopy(a)
     b.fits[0]['env']['threads']['intra_op'] += 1
     i = b.columns.index('loss'); b.rows = [r[:i] + (r[i] + 1,) + r[i + 1:] for r in b.rows]
