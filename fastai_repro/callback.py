@@ -6,10 +6,8 @@
 from __future__ import annotations
 import os, weakref
 from pathlib import Path
-import torch
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback, TrainEvalCallback
-from fastai.learner import Learner
 from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, check_flag, check_count,
     draw_seed, derive_seed, seed_generators, get_rng_state, distributed, BatchSeeder)
 from .keyed_data import key_loaders

@@ -7,7 +7,7 @@ from __future__ import annotations
 import atexit, hashlib, json, os, pickle, re, sys, weakref, zipfile
 from pathlib import Path
 from typing import Callable
-import numpy as np, torch
+import torch
 from fastcore.basics import store_attr
 from fastcore.foundation import L
 from fastai.learner import Learner
@@ -15,7 +15,7 @@ from fastai.callback.core import CancelFitException
 from .runrecord import RunRecord, RecordError, check_folder, write_atomic
 from .compare import OBSERVERS, json_diffs
 from .digests import arch_digest, text_digest
-from .seeding import PREFIX, distributed, repro_error
+from .seeding import PREFIX, check_count, distributed, repro_error
 from .facts import contents_seen, data_facts, fit_facts
 from .fastai_patches import resume_at
 from .scope import FitScope, loop_attr
@@ -279,8 +279,7 @@ def check_resuming(every:int, folder, keep, resume_from, first_fit:int, isolate_
     if every and folder is None:
         raise ValueError(f'checkpoint_every={every} needs checkpoint_dir, the folder to write the checkpoints in')
     if folder is not None: check_folder(folder, 'checkpoint_dir', "a run's checkpoints go into a folder")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f'keep must be an int >= 1, got {keep!r}; keep=3 keeps the last 3 checkpoints')
+    check_count('keep', keep, 'keep=3 keeps the last 3 checkpoints', least=1)
     if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
         raise ValueError(f"resume_from must be the path of a checkpoint or of a checkpoint_dir, got {resume_from!r}")
     if (folder is not None or resume_from is not None) and not isolate_data:

@@ -12,7 +12,7 @@ from fasttransform import Pipeline
 from .seeding import derive_seed, fastai_loaders, finalize, keyed_rng, seed_batch, unwrap_loader
 
 # %% auto #0
-__all__ = ['CPU', 'WorkerSeeds', 'LoaderKeys', 'SkipStart', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
+__all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
            'isolate_loader', 'give_back', 'release_loader', 'key_loaders']
 
 # %% ../nbs/00a_keyed_data.ipynb #f624a2d8
@@ -131,7 +131,7 @@ class SkipStart:
         return idxs[n:]
 
 # %% ../nbs/00a_keyed_data.ipynb #bbe6bb48
-CPU = [torch.default_generator] # what an item seeds besides Python and NumPy
+_ITEM_GENS = [torch.default_generator] # what an item seeds besides Python and NumPy
 
 class KeyedItem:
     "A loader's `do_item`, run with Python's, NumPy's and torch's CPU generators seeded from the item's key"
@@ -139,7 +139,7 @@ class KeyedItem:
     def __call__(self, s):
         keys = self.keys
         keys.save()
-        seed_batch(keys.item_seed(s, aside=sys._getframe(1).f_code.co_name == '_one_pass'), CPU)
+        seed_batch(keys.item_seed(s, aside=sys._getframe(1).f_code.co_name == '_one_pass'), _ITEM_GENS)
         try:
             f = keys.replaced.get(('dl', 'do_item'), _Absent)
             return f(s) if f is not _Absent else type(keys.dl).do_item(keys.dl, s)
