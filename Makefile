@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test sync bench install
+.PHONY: demo test sync bench install docs
 
 install: $(VENV)/.installed
 
@@ -27,3 +27,14 @@ test: sync
 
 bench: install
 	$(BIN)/python bench/overhead.py
+
+# Optional: the docs site in _docs/, from the notebooks' stored outputs (nothing is executed again): docs/build.py
+# renders them with Sphinx and myst-nb (the `docs` extra; Quarto, which nbdev-docs needs, does not install here).
+# `$(BIN)/python docs/check_site.py` checks every page and screenshots two in Chromium (apt-get install -y chromium).
+docs: $(VENV)/.installed-docs
+	$(BIN)/python docs/build.py
+
+$(VENV)/.installed-docs: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev,docs]"
+	touch $@

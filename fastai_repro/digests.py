@@ -4,15 +4,15 @@
 
 # %% ../nbs/01_digests.ipynb #4cbb591e
 from __future__ import annotations
-import ctypes, hashlib, random
+import ctypes, hashlib, itertools, random, threading
 import numpy as np, torch
 from torch import nn
 from .seeding import cuda_started, fastai_loaders
 
 # %% auto #0
-__all__ = ['bytes_digest', 'mix', 'text_digest', 'position_weights', 'reset_position_weights', 'tensor_digest', 'tensors_digest',
-           'weights_digest', 'weights_equal', 'arch_digest', 'torch_fingerprint', 'step_fingerprints', 'py_fingerprint',
-           'generator_fingerprints']
+__all__ = ['CHUNK', 'bytes_digest', 'mix', 'text_digest', 'position_weights', 'reset_position_weights', 'tensor_digest',
+           'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest', 'torch_fingerprint', 'step_fingerprints',
+           'py_fingerprint', 'generator_fingerprints']
 
 # %% ../nbs/01_digests.ipynb #358f47fb
 def bytes_digest(b) -> int:
@@ -30,6 +30,7 @@ def text_digest(s:str) -> int:
 # %% ../nbs/01_digests.ipynb #e7a1e912
 _M1, _M2, _M3 = -7046029254386353131, -4658895280553007687, -7723592293110705685 # splitmix64 constants as int64
 _weights:dict = {} # device -> int32 weights, grown as needed
+_scratch = threading.local() # this thread's buffers for large CPU digests (`_chunked_sum`, `_segment_sums`)
 
 def position_weights(n:int, device) -> torch.Tensor:
     "The first `n` odd 32-bit weights (a hash of the position) on `device`; no random generator is used"
@@ -42,8 +43,9 @@ def position_weights(n:int, device) -> torch.Tensor:
     return w[:n]
 
 def reset_position_weights():
-    "Free the position weights kept on every device (`position_weights` makes them again when asked)"
+    "Free the position weights kept on every device and this thread's digest buffers (made again when asked)"
     _weights.clear()
+    _scratch.__dict__.clear()
 
 # %% ../nbs/01_digests.ipynb #3cdac74d
 def _words(t:torch.Tensor) -> torch.Tensor:
@@ -51,11 +53,28 @@ def _words(t:torch.Tensor) -> torch.Tensor:
     if b.dtype != torch.uint8: b = b.view(torch.uint8) if b.dtype != torch.bool else b.to(torch.uint8)
     return b.view(torch.int32) if b.numel() % 4 == 0 else b.to(torch.int32)
 
+CHUNK = 1 << 19 # words per step of a large CPU digest: the products stay in the cache, in buffers made once
+
+def _chunked_sum(w:torch.Tensor, p:torch.Tensor) -> torch.Tensor:
+    "The sum of `w * p` as `tensor_digest` makes it (int32 products, int64 sum), `CHUNK` words at a time"
+    if not hasattr(_scratch, 'bufs'):
+        _scratch.bufs = torch.empty(CHUNK, dtype=torch.int32), torch.empty(CHUNK, dtype=torch.int64)
+    sums = []
+    for s in range(0, w.numel(), CHUNK):
+        n = min(CHUNK, w.numel() - s)
+        b32, b64 = _scratch.bufs[0][:n], _scratch.bufs[1][:n]
+        torch.mul(w[s:s + n], p[s:s + n], out=b32)
+        sums.append(b64.copy_(b32).sum()) # summing int64 copies is faster than `sum(dtype=torch.int64)`
+    return torch.stack(sums).sum()
+
+def _large(w:torch.Tensor) -> bool: return w.device.type == 'cpu' and w.numel() > CHUNK // 4
+def _shape_digest(t:torch.Tensor) -> int: return text_digest(f'{t.dtype}{tuple(t.shape)}')
+
 def tensor_digest(t:torch.Tensor) -> torch.Tensor:
     "Exact, order-sensitive 64-bit digest of `t`'s bytes, dtype and shape, as a 0-d int64 tensor on `t`'s device"
     w = _words(t)
-    return ((w * position_weights(w.numel(), w.device)).sum(dtype=torch.int64)
-            + text_digest(f'{t.dtype}{tuple(t.shape)}'))
+    p = position_weights(w.numel(), w.device)
+    return (_chunked_sum(w, p) if _large(w) else (w * p).sum(dtype=torch.int64)) + _shape_digest(t)
 
 def tensors_digest(ts) -> torch.Tensor:
     "Digest of a tensor or a tuple of tensors (a batch's inputs or targets), on their device"
@@ -63,6 +82,28 @@ def tensors_digest(ts) -> torch.Tensor:
     if not ts: return torch.zeros((), dtype=torch.int64)
     ds = torch.stack([tensor_digest(t).to(ts[0].device) for t in ts])
     return (ds * position_weights(len(ds), ds.device)).sum()
+
+# %% ../nbs/01_digests.ipynb #271e3aa9
+def _segment_sums(ws:list) -> torch.Tensor:
+    "Each CPU word tensor's sum of `w * p` as `tensor_digest` makes it (positions from 0 in each), all at once"
+    sizes = tuple(w.numel() for w in ws)
+    pw, offs = getattr(_scratch, 'segments', {}).get(sizes, (None, None))
+    if pw is None: # the last group's weights are kept: a model's group is the same at every call
+        pw = torch.cat([position_weights(n, ws[0].device) for n in sizes])
+        offs = torch.tensor((0, *itertools.accumulate(sizes)))
+        _scratch.segments = {sizes: (pw, offs)}
+    c = torch.cat([torch.zeros(1, dtype=torch.int64), (torch.cat(ws) * pw).to(torch.int64).cumsum(0)])
+    return c[offs[1:]] - c[offs[:-1]]
+
+def _digest_each(ts:list) -> torch.Tensor:
+    "`tensor_digest` of each of `ts`, as one int64 tensor on the first one's device (on the CPU: small ones at once)"
+    if any(t.device.type != 'cpu' for t in ts): return torch.stack([tensor_digest(t).to(ts[0].device) for t in ts])
+    ws = [_words(t) for t in ts]
+    out = torch.tensor([_shape_digest(t) for t in ts], dtype=torch.int64)
+    if few := [i for i, w in enumerate(ws) if not _large(w)]: out[few] += _segment_sums([ws[i] for i in few])
+    for i, w in enumerate(ws):
+        if _large(w): out[i] += _chunked_sum(w, position_weights(w.numel(), w.device))
+    return out
 
 # %% ../nbs/01_digests.ipynb #bea83ea3
 def _bare(m:nn.Module) -> nn.Module:
@@ -73,8 +114,7 @@ def weights_digest(m:nn.Module) -> int:
     "64-bit digest of every tensor of `m`'s `state_dict` (names, dtypes, shapes and values)"
     sd = _bare(m).state_dict()
     if not sd: return mix()
-    dev = next(iter(sd.values())).device
-    ds = torch.stack([tensor_digest(t).to(dev) for t in sd.values()]).cpu().tolist() # one transfer
+    ds = _digest_each(list(sd.values())).cpu().tolist() # one transfer
     return mix(*(text_digest(k) for k in sd), *ds)
 
 def weights_equal(a:nn.Module, b:nn.Module) -> bool:
