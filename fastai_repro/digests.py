@@ -57,8 +57,10 @@ CHUNK = 1 << 19 # words per step of a large CPU digest: the products stay in the
 
 def _chunked_sum(w:torch.Tensor, p:torch.Tensor) -> torch.Tensor:
     "The sum of `w * p` as `tensor_digest` makes it (int32 products, int64 sum), `CHUNK` words at a time"
-    if not hasattr(_scratch, 'bufs'):
-        _scratch.bufs = torch.empty(CHUNK, dtype=torch.int32), torch.empty(CHUNK, dtype=torch.int64)
+    if getattr(_scratch, 'bufs', (torch.empty(0),))[0].numel() != CHUNK: # first, or CHUNK changed
+        with torch.inference_mode(False): # normal tensors, usable inside and outside inference mode
+            _scratch.bufs = (torch.empty(CHUNK, dtype=torch.int32, device='cpu'),
+                             torch.empty(CHUNK, dtype=torch.int64, device='cpu'))
     sums = []
     for s in range(0, w.numel(), CHUNK):
         n = min(CHUNK, w.numel() - s)
@@ -90,16 +92,16 @@ def _segment_sums(ws:list) -> torch.Tensor:
     pw, offs = getattr(_scratch, 'segments', {}).get(sizes, (None, None))
     if pw is None: # the last group's weights are kept: a model's group is the same at every call
         pw = torch.cat([position_weights(n, ws[0].device) for n in sizes])
-        offs = torch.tensor((0, *itertools.accumulate(sizes)))
+        offs = torch.tensor((0, *itertools.accumulate(sizes)), device='cpu')
         _scratch.segments = {sizes: (pw, offs)}
-    c = torch.cat([torch.zeros(1, dtype=torch.int64), (torch.cat(ws) * pw).to(torch.int64).cumsum(0)])
+    c = torch.cat([torch.zeros(1, dtype=torch.int64, device='cpu'), (torch.cat(ws) * pw).to(torch.int64).cumsum(0)])
     return c[offs[1:]] - c[offs[:-1]]
 
 def _digest_each(ts:list) -> torch.Tensor:
     "`tensor_digest` of each of `ts`, as one int64 tensor on the first one's device (on the CPU: small ones at once)"
     if any(t.device.type != 'cpu' for t in ts): return torch.stack([tensor_digest(t).to(ts[0].device) for t in ts])
     ws = [_words(t) for t in ts]
-    out = torch.tensor([_shape_digest(t) for t in ts], dtype=torch.int64)
+    out = torch.tensor([_shape_digest(t) for t in ts], dtype=torch.int64, device='cpu')
     if few := [i for i, w in enumerate(ws) if not _large(w)]: out[few] += _segment_sums([ws[i] for i in few])
     for i, w in enumerate(ws):
         if _large(w): out[i] += _chunked_sum(w, position_weights(w.numel(), w.device))
