@@ -22,8 +22,9 @@ from .scope import FitScope, loop_attr
 from .learner_state import Stacker, learner_state, restore_learner
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'run_name', 'checkpoint_name', 'checkpoints', 'checkpoint_digest',
-           'write_checkpoint', 'read_checkpoint', 'Checkpointer', 'Resume', 'check_resuming', 'CheckpointHooks']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'ANY', 'run_name', 'checkpoint_name', 'launched_part', 'checkpoints',
+           'checkpoint_digest', 'write_checkpoint', 'read_checkpoint', 'Checkpointer', 'Resume', 'check_resuming',
+           'CheckpointHooks']
 
 # %% ../nbs/02g_checkpoint.ipynb #e42a1056
 _SAME = {'data set': ('items', 'split', 'n_train', 'n_valid', 'dataloaders'), 'model': ('architecture', 'init_weights'),
@@ -41,34 +42,55 @@ def _setup(facts:dict, key:str):
     return v
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = 'fastai_repro checkpoint', 2
-_NAME = re.compile(r'(seed(\d+)-[0-9a-f]{8})-fit(\d+)-epoch(\d+)-batch(\d+)\.ckpt')
+_NAME = re.compile(r'(seed(\d+)-[0-9a-f]{8})-fit(\d+)-epoch(\d+)-batch(\d+)(?:-rank(\d+)of(\d+))?\.ckpt')
 
 def run_name(seed:int, facts:dict) -> str:
     "The name of a run's checkpoints: its seed and a digest of its first fit's setup, `seed21-1a2b3c4d`"
     setup = {k: _setup(facts, k) for keys in _SAME.values() for k in keys}
     return f'seed{seed}-{text_digest(json.dumps(setup, sort_keys=True, default=str)) & 0xffffffff:08x}'
 
-def checkpoint_name(run:str, fit:int, epoch:int, batch:int) -> str:
+def checkpoint_name(run:str, fit:int, epoch:int, batch:int, part:tuple|None=None) -> str:
     "The file name of run `run`'s checkpoint that goes on with training batch `batch` of epoch `epoch` of fit `fit`"
-    return f'{run}-fit{fit:03d}-epoch{epoch:04d}-batch{batch:06d}.ckpt'
+    rank = '' if part is None else f'-rank{part[0]}of{part[1]}' # distributed: one part a rank, (rank, world size)
+    return f'{run}-fit{fit:03d}-epoch{epoch:04d}-batch{batch:06d}{rank}.ckpt'
 
 def _parse(p:Path) -> tuple|None:
-    "(run, seed, position) of a checkpoint's file name; `None` for any other file"
+    "(run, seed, position, part) of a checkpoint's file name (part: (rank, world size) or `None`); `None` otherwise"
     m = _NAME.fullmatch(p.name)
-    return None if m is None else (m[1], int(m[2]), tuple(map(int, m.groups()[2:])))
+    if m is None or (m[6] is not None and not 0 <= int(m[6]) < int(m[7])): return None
+    return m[1], int(m[2]), tuple(map(int, m.groups()[2:5])), None if m[6] is None else (int(m[6]), int(m[7]))
+
+def launched_part() -> tuple|None:
+    "(rank, world size) this process was launched as (`torchrun`'s and Accelerate's `RANK`, `WORLD_SIZE`); else `None`"
+    try: rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+    except (KeyError, ValueError): return None
+    return (rank, world) if world > 1 and 0 <= rank < world else None
+
+def _part_words(part) -> str:
+    "Part `part` of a checkpoint in words"
+    return 'one process' if part is None else f'rank {part[0]} of {part[1]} processes'
+
+def _parts_words(world:int|None) -> str:
+    "A checkpoint of a run on `world` processes (`None`: one), in words"
+    return 'one process' if world is None else f'{world} processes' 
 
 def _mtime(p:Path) -> int:
     "When `p` was last written, in ns; 0 if it is gone"
     try: return p.stat().st_mtime_ns
     except OSError: return 0
 
-def checkpoints(folder, run:str|None=None, seed:int|None=None) -> list:
+ANY = 'any' # `checkpoints(part=ANY)`: one process's checkpoints and every rank's parts
+
+def checkpoints(folder, run:str|None=None, seed:int|None=None, part:tuple|None|str=ANY, complete:bool=True) -> list:
     "The checkpoints in `folder` (of run `run`, of seed `seed`): each run's by position, the run that wrote last last"
-    folder = Path(folder)
-    found = [(k, p) for p in (folder.iterdir() if folder.is_dir() else ()) if (k := _parse(p)) is not None
+    folder = Path(folder) # `part` (rank, world size): that rank's parts of checkpoints every rank wrote; None: one
+    names = [(k, p) for p in (folder.iterdir() if folder.is_dir() else ()) if (k := _parse(p)) is not None
              and run in (None, k[0]) and seed in (None, k[1])]
-    last = {}
-    for (r, _, _), p in found: last[r] = max(last.get(r, 0), _mtime(p))
+    have = {(k[0], k[2], k[3]) for k, _ in names}
+    whole = lambda k: k[3] is None or all((k[0], k[2], (r, k[3][1])) in have for r in range(k[3][1]))
+    found = [(k, p) for k, p in names if (part == ANY or k[3] == part) and (not complete or whole(k))]
+    last = {} # when each run last wrote, from every rank's files: every rank ranks the runs alike
+    for (r, *_), p in names: last[r] = max(last.get(r, 0), _mtime(p))
     return [p for k, p in sorted(found, key=lambda o: (last[o[0][0]], o[0][0], o[0][2]))]
 
 # %% ../nbs/02g_checkpoint.ipynb #c2e340e0
@@ -94,12 +116,12 @@ def checkpoint_digest(ck:dict) -> str:
     for k in sorted(k for k in ck if k != 'digest'): _feed(h, k); _feed(h, ck[k])
     return h.hexdigest()
 
-def write_checkpoint(path, seed:int, run:str, position:dict, record:RunRecord, state:dict) -> Path:
-    "Write a checkpoint to `path` through a temporary file in its folder, synced, then renamed"
+def write_checkpoint(path, seed:int, run:str, position:dict, record:RunRecord, state:dict,
+                     part:tuple|None=None) -> Path:
+    "Write a checkpoint (rank `part[0]`'s part of one) to `path` through a temporary file, synced, then renamed"
     path = Path(path)
     ck = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, seed=seed, run=run, position=position,
-              record=record.to_bytes(),
-              state=state)
+              record=record.to_bytes(), state=state, **({} if part is None else dict(part=list(part))))
     ck['digest'] = checkpoint_digest(ck)
     return write_atomic(lambda f: torch.save(ck, f), path)
 
@@ -149,6 +171,11 @@ def read_checkpoint(path) -> dict:
         fail('its seed, state or record is missing')
     if not isinstance(ck.get('run'), str) or _parse(Path(checkpoint_name(ck['run'], 0, 0, 0))) is None:
         fail(f"its run name {ck.get('run')!r} is damaged")
+    part = ck.get('part')
+    if part is not None and (not isinstance(part, list) or len(part) != 2 or any(type(v) is not int for v in part)
+                             or not 0 <= part[0] < part[1]): fail(f'its part {part!r} is damaged')
+    if (named := _parse(path)) is not None and named[3] != (part and tuple(part)):
+        fail(f"its name says {_part_words(named[3])}, its contents {_part_words(part)}: a renamed file")
     rec = RunRecord.from_bytes(ck['record'], path)
     if (why := _position_problem(pos, rec)) is not None: fail(why)
     return {**ck, 'record': rec}
@@ -156,8 +183,9 @@ def read_checkpoint(path) -> dict:
 # %% ../nbs/02g_checkpoint.ipynb #9b975eeb
 class Checkpointer:
     "Writes run `run`'s checkpoints into `folder`: every `every` training batches and after each epoch's training"
-    def __init__(self, folder, every:int=0, keep:int=3, run:str|None=None):
-        store_attr(); self.written, self.failures, self.stack = None, [], Stacker()
+    def __init__(self, folder, every:int=0, keep:int=3, run:str|None=None, since:tuple|None=None):
+        store_attr() # `since`: the position (fit, epoch, batch) a resumed run goes on from
+        self.written, self.failures, self.stack, self.part = None, [], Stacker(), None
 
     def due(self, learn:Learner) -> bool:
         "Whether a checkpoint is due before `learn`'s next training batch (not at an epoch's start: one was just taken)"
@@ -165,24 +193,34 @@ class Checkpointer:
 
     def others(self, seed:int) -> list:
         "Other runs of seed `seed` with checkpoints in the folder: `resume_from=folder` takes the last one written"
-        return sorted({_parse(p)[0] for p in checkpoints(self.folder, seed=seed)} - {self.run})
+        return sorted({_parse(p)[0] for p in checkpoints(self.folder, seed=seed, part=self.part)} - {self.run})
 
     def _start(self, seed:int, record:RunRecord):
         "Name this run (unless it resumed one), find the checkpoints it wrote before, remove its half-written ones"
         if self.run is None: self.run = run_name(seed, record.fits[0])
         folder = Path(self.folder); folder.mkdir(parents=True, exist_ok=True)
-        for p in folder.glob(f'.{self.run}-*.tmp'): p.unlink(missing_ok=True) # a kill while writing left it
-        self.written = checkpoints(folder, run=self.run) # before a resume too: `keep` counts them
+        mine = '' if self.part is None else f'-rank{self.part[0]}of{self.part[1]}' # another rank's are its own
+        for p in folder.glob(f'.{self.run}-*{mine}.ckpt.*.tmp'): p.unlink(missing_ok=True) # a kill while writing
+        self.written = checkpoints(folder, run=self.run, part=self.part, complete=False) # `keep` counts them
+        if self.part is None: return
+        stale = [p for p in self.written if self.since is None or _parse(p)[2] > self.since] # another job's parts:
+        for p in stale: p.unlink(missing_ok=True) # never to be taken for this job's with the other ranks' new ones
+        self.written = [p for p in self.written if p not in stale]
 
     def write(self, learn:Learner, seed:int, fit:int, batch:int, record:RunRecord) -> Path:
         "Write the checkpoint from which `learn` goes on with training batch `batch` of this epoch; drop the oldest"
-        if self.written is None: self._start(seed, record)
+        rank, world = distributed()
+        part = (rank, world) if world > 1 else None # each rank writes its part; no collective
+        if self.written is None or part != self.part: self.part = part; self._start(seed, record)
         pos = dict(fit=fit, epoch=learn.epoch, batch=batch, n_iter=learn.n_iter, n_epoch=learn.n_epoch)
-        path = Path(self.folder)/checkpoint_name(self.run, fit, learn.epoch, batch)
-        write_checkpoint(path, seed, self.run, pos, record, learner_state(learn, self.stack))
+        path = Path(self.folder)/checkpoint_name(self.run, fit, learn.epoch, batch, self.part)
+        write_checkpoint(path, seed, self.run, pos, record, learner_state(learn, self.stack), self.part)
         self.written = [p for p in self.written if p != path] + [path]
-        for old in self.written[:-self.keep]: old.unlink(missing_ok=True)
-        self.written = self.written[-self.keep:]
+        # this rank's part of the newest checkpoint every rank wrote stays (another's write may have failed)
+        whole = set(checkpoints(self.folder, run=self.run, part=self.part)[-1:]) if self.part else set()
+        for old in self.written[:-self.keep]:
+            if old not in whole: old.unlink(missing_ok=True)
+        self.written = [p for p in self.written[:-self.keep] if p in whole] + self.written[-self.keep:]
         return path
 
 # %% ../nbs/02g_checkpoint.ipynb #8feecb54
@@ -191,12 +229,27 @@ def _calls(facts:dict) -> str:
     c = (facts.get('call') or [{}])[0]
     return f"{c.get('method', '?')}({', '.join(f'{k}={v!r}' for k, v in (c.get('args') or {}).items())})"
 
-def _find(p:Path, seed:int) -> Path:
+def _find(p:Path, seed:int, part:tuple|None=None) -> Path:
     "The checkpoint `p` names: a file, or in a folder the last checkpoint of the run of seed `seed` that wrote last"
     if not p.exists():
         raise ValueError(f"resume_from={str(p)!r} does not exist; pass a checkpoint file or a run's checkpoint_dir")
-    if not p.is_dir(): return p
-    if found := checkpoints(p, seed=seed): return found[-1]
+    if not p.is_dir():
+        if (k := _parse(p)) is None or k[3] is None or part is None or k[3][1] != part[1]: return p # checked later
+        p = p.with_name(checkpoint_name(k[0], *k[2], part)) # this rank's part of the checkpoint named
+        if p not in checkpoints(p.parent, run=k[0], part=part):
+            raise ValueError(f'resume_from: {p.name} is missing, or another rank\'s part of its checkpoint is: every '
+                             f'rank writes its part; pass the checkpoint_dir to resume from the latest complete one')
+        return p
+    if every := checkpoints(p, seed=seed, complete=False): # the run of this seed that wrote last, on any number
+        last = _parse(every[-1]) # of processes
+        if (w := last[3] and last[3][1]) != (part and part[1]):
+            raise ValueError(f"resume_from={str(p)!r}: the run of seed {seed} that wrote last there ran on "
+                             f"{_parts_words(w)}, this run is on {_parts_words(part and part[1])}. Resuming on "
+                             f"another number of processes is not supported yet: resume with the number the run had")
+        if found := checkpoints(p, run=last[0], part=part): return found[-1]
+        raise ValueError(f"resume_from={str(p)!r}: no checkpoint of the run of seed {seed} that wrote last there has "
+                         f"the parts of all {w} ranks (a rank stopped before writing its part of the first one, or "
+                         f"its parts were removed): start afresh")
     seeds = sorted({k[1] for q in checkpoints(p) if (k := _parse(q))})
     raise ValueError(f"resume_from={str(p)!r}: no checkpoint of seed {seed} in this folder" +
                      (f' (it holds checkpoints of seed {seeds}: resume with the seed they ran with)' if seeds else
@@ -209,9 +262,15 @@ def _at_exit(ref):
 
 class Resume:
     "A run resumed from checkpoint `path` (a file, or the latest in a folder): checks, skips and restores its fits"
-    def __init__(self, path, seed:int):
-        p = _find(Path(path), seed)
-        self.path, self.ck = p, read_checkpoint(p)
+    def __init__(self, path, seed:int, part:tuple|None=None): # `part`: this process's (rank, world size)
+        p = _find(Path(path), seed, part)
+        self.path, self.ck, self.part = p, read_checkpoint(p), part
+        if (had := self.ck.get('part')) != (part and list(part)) and had and part and had[1] == part[1]:
+            raise ValueError(f'the checkpoint {p} is rank {had[0]}\'s part, and this process is rank {part[0]}: each '
+                             f'rank resumes from its own part; pass the checkpoint_dir')
+        if had != (part and list(part)):
+            raise ValueError(f'the checkpoint {p} was written by {_part_words(had)}, and this process is '
+                             f'{_part_words(part)}: resume with the number of processes the run had')
         if self.ck['seed'] != seed:
             raise ValueError(f"the checkpoint {p} was written by a run with seed {self.ck['seed']}, not {seed}: resume "
                              f"with the seed it ran with, ReproducibleCallback({self.ck['seed']}, resume_from=...)")
@@ -234,7 +293,7 @@ class Resume:
     def check_learner(self, facts:dict, n_iter:int):
         "Raise, as the learner is built, unless its data set and model are those of the checkpoint's run"
         self.check(0, facts, {'data set': _SAME['data set'], 'model': ('architecture',)})
-        self.check_epoch(n_iter)
+        if self.part is None: self.check_epoch(n_iter) # a rank's share of the loader is known when the fit runs
 
     def check_epoch(self, n_iter:int):
         "Raise unless an epoch has as many training batches as the checkpoint's"
@@ -269,7 +328,7 @@ class Resume:
 
     def restore(self, learn:Learner):
         "Put `learn` in the checkpoint's state, once"
-        self.check_epoch(len(learn.dls.train))
+        self.check_epoch(learn.n_iter) # the loader this process trains on (in distributed training, its share)
         restore_learner(learn, self.ck['state'])
         self.done = True
 
@@ -280,6 +339,10 @@ def check_resuming(every:int, folder, keep, resume_from, first_fit:int, isolate_
         raise ValueError(f'checkpoint_every={every} needs checkpoint_dir, the folder to write the checkpoints in')
     if folder is not None: check_folder(folder, 'checkpoint_dir', "a run's checkpoints go into a folder")
     check_count('keep', keep, 'keep=3 keeps the last 3 checkpoints', least=1)
+    if keep == 1 and folder is not None and launched_part() is not None:
+        raise ValueError('keep=1 in distributed training: a rank killed while writing its part of a checkpoint would '
+                         'leave no checkpoint with every rank\'s part (the others would have removed theirs); '
+                         'use keep=2 or more')
     if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
         raise ValueError(f"resume_from must be the path of a checkpoint or of a checkpoint_dir, got {resume_from!r}")
     if (folder is not None or resume_from is not None) and not isolate_data:
@@ -294,9 +357,10 @@ class CheckpointHooks:
     "What `ReproducibleCallback` does for checkpoints and resuming, at the events it is called from"
     def __init__(self, seed:int=0, folder=None, every:int=0, keep:int=3, resume_from=None, strict:bool=False,
                  event:Callable|None=None): # `event(name, message)`: the owner records and warns
-        self.resume = None if resume_from is None else Resume(resume_from, seed)
+        self.resume = None if resume_from is None else Resume(resume_from, seed, launched_part())
         run = None if self.resume is None else self.resume.run # a resumed run writes on under its run's name
-        self.ckpt = None if folder is None else Checkpointer(folder, every, keep, run)
+        since = None if self.resume is None else (self.resume.fit, self.resume.epoch, self.resume.batch)
+        self.ckpt = None if folder is None else Checkpointer(folder, every, keep, run, since)
         store_attr('seed,strict,event')
 
     def check_learner(self, learn:Learner):
@@ -317,9 +381,9 @@ class CheckpointHooks:
         "A resumed run: check training fit `sc` against the checkpoint's run, take its record, skip what it had run"
         r = self.resume
         if r is None or (at := r.start(sc.idx)) is None: return
-        if distributed()[1] > 1:
-            raise repro_error('resume_from is not supported in distributed training yet; '
-                              'resume at an epoch boundary with learn.load and fit(start_epoch=...)')
+        if (now := distributed()) != (r.part or (0, 1)): # launched as one thing, training as another
+            raise repro_error(f'this process was launched as {_part_words(r.part)} and trains as rank {now[0]} of '
+                              f'{now[1]}: resume_from needs torchrun (or Accelerate) to set RANK and WORLD_SIZE')
         if sc.idx == 0: owner.record = sc.rec.record = r.record # the record so far, in which this run goes on
         learn = sc.learn
         if sc.idx < r.fit: # it ended before the checkpoint: skip it, and every other callback's events in it
@@ -335,8 +399,7 @@ class CheckpointHooks:
     def check_writable(self, learn:Learner):
         "Where checkpoints cannot be resumed from, warn once and write none, rather than fail the fit"
         if self.ckpt is None: return
-        why = ('distributed training: every rank would write the same files' if distributed()[1] > 1 else
-               'a training loader without an index (an iterable data set)'
+        why = ('a training loader without an index (an iterable data set)'
                if not getattr(learn.dls.train, 'indexed', True) else None)
         if why is None: return
         self.ckpt = None

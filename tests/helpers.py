@@ -163,3 +163,15 @@ def run_script(path:Path, *args, timeout:int=600, env:dict|None=None):
     r = subprocess.run([sys.executable, str(path), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})})
     assert r.returncode == 0, f'{path.name} {args} failed:\n{r.stderr[-5000:]}'
+
+def torchrun(job:Path, *args, nproc:int=2, timeout:int=600) -> subprocess.CompletedProcess:
+    "Run `job *args` on `nproc` CPU processes with torchrun (gloo); on a timeout, kill the launcher and its workers"
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), str(job),
+           *map(str, args)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+    try: stdout, stderr = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)

@@ -2,26 +2,18 @@
 launched by torchrun. Two runs with the callback are bit-identical rank by rank, each rank keeps its own record;
 two runs without it differ; ranks that start from different weights are refused with a clear error. Issue 14:
 with `per_rank=True` the ranks draw different dropout masks, and runs stay bit-identical."""
-import os, signal, subprocess, sys
+import subprocess
 from pathlib import Path
 import pytest, torch
 from fastai_repro.all import RunRecord, compare
-from helpers import same_tensors
+from helpers import same_tensors, torchrun
 
 JOB = Path(__file__).parent/'distrib_job.py'
 
 def launch(data, out:Path, mode:str) -> subprocess.CompletedProcess:
-    "Run `distrib_job.py` on 2 CPU processes; on a timeout, kill the launcher and its workers"
+    "Run `distrib_job.py` on 2 CPU processes"
     out.mkdir(parents=True)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', str(JOB), str(data),
-           str(out), mode]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
-    try: stdout, stderr = p.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        raise
-    return subprocess.CompletedProcess(cmd, p.returncode, stdout, stderr)
+    return torchrun(JOB, data, out, mode)
 
 @pytest.fixture(scope='module')
 def runs(digits, tmp_path_factory):
