@@ -166,6 +166,10 @@ class ReproducibleCallback(Callback):
         "A callback cancelled this batch (`CancelBatchException`): its row says so, and keeps no other batch's loss"
         if sc := SCOPES.innermost(self): sc.rec.cancel_batch()
 
+    def after_cancel_train(self):
+        "A callback cancelled this epoch's training (`CancelTrainException`): no checkpoint says it ran to its end"
+        if (sc := SCOPES.innermost(self)) and sc.kind == 'train': self._hooks.cancel_train(sc)
+
     def after_batch(self):
         "Finish the batch's row"
         if sc := SCOPES.innermost(self): sc.rec.finish(self.learn)

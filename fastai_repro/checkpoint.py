@@ -361,7 +361,7 @@ class CheckpointHooks:
         run = None if self.resume is None else self.resume.run # a resumed run writes on under its run's name
         since = None if self.resume is None else (self.resume.fit, self.resume.epoch, self.resume.batch)
         self.ckpt = None if folder is None else Checkpointer(folder, every, keep, run, since)
-        store_attr('seed,strict,event')
+        store_attr('seed,strict,event'); self.cancelled = None # (fit, epoch) whose training was cancelled
 
     def check_learner(self, learn:Learner):
         "As the learner is built: raise unless its data set, model and epoch length are the checkpoint's run's"
@@ -411,13 +411,17 @@ class CheckpointHooks:
         if sc.resume == 'pending': self._restore(sc)
         elif self.ckpt and sc.rec.facts is not None and self.ckpt.due(sc.learn): self._write(sc, it)
 
+    def cancel_train(self, sc:FitScope):
+        "This epoch's training was cancelled: it did not run to its end"
+        self.cancelled = (sc.idx, loop_attr(sc.learn, 'epoch'))
+
     def after_train(self, sc:FitScope):
         "After an epoch's training: put back a checkpoint taken after its last batch, or write the epoch's"
-        n = loop_attr(sc.learn, 'n_iter')
-        last = None if n is None else (loop_attr(sc.learn, 'epoch'), True, n - 1) # the epoch's last training batch
+        epoch, at = loop_attr(sc.learn, 'epoch'), sc.rec.at # the last batch run: its `iter` + 1 batches ran. Not
+        ended = (self.cancelled != (sc.idx, epoch) and sc.rec.done # `n_iter`: fastai's `DistributedDL` counts one
+                 and at is not None and at[:2] == (epoch, True)) # batch too many when its share is not whole batches
         if sc.resume == 'pending': self._restore(sc) # the checkpoint came after the epoch's last batch
-        elif self.ckpt and sc.rec.facts is not None and sc.rec.done and last is not None and sc.rec.at == last:
-            self._write(sc, n)
+        elif self.ckpt and sc.rec.facts is not None and ended: self._write(sc, at[2] + 1)
 
     def _restore(self, sc:FitScope):
         "Put the learner in the checkpoint's state, just before the batch the run goes on with"

@@ -170,3 +170,23 @@ def test_each_epoch_keyed_from_batch_0():
         dl = workers_job.loaders(0, False).train # random item and batch transforms
         isolate_loader(dl, (21, 0, epoch, 0))
         assert torch.equal(next(iter(dl))[0], got), f'epoch {epoch}'
+
+class LongDL(TfmdDL):
+    "A loader that says it has one batch more than it makes, as fastai's `DistributedDL` does when a rank's share is"
+    def __len__(self): return super().__len__() + 1 # not whole batches (`tests/test_distributed_resume.py`)
+
+def test_epoch_checkpoint_when_the_loader_counts_one_too_many(tmp_path):
+    "The checkpoint after each epoch is written after the last batch run, not the last one `len` promised"
+    def learner(cb):
+        "A synthetic learner of 10 batches an epoch whose training loader says 11"
+        dls = synth_dbunch(n_train=10)
+        dls.train.__class__ = LongDL
+        return Learner(dls, RegModel(), loss_func=MSELossFlat(), lr=1e-3, cbs=cb)
+    full = quiet_fit(learner(ReproducibleCallback(21, compare_previous=False)), 2, how='fit_one_cycle')
+    quiet_fit(learner(ReproducibleCallback(21, checkpoint_dir=tmp_path, keep=5)), 2, how='fit_one_cycle')
+    names = [p.name.split('-', 2)[2] for p in checkpoints(tmp_path)]
+    assert names == ['fit000-epoch0000-batch000010.ckpt', 'fit000-epoch0001-batch000010.ckpt'], names
+    os.remove(checkpoints(tmp_path)[-1]) # resume after the first epoch
+    resumed = quiet_fit(learner(ReproducibleCallback(21, resume_from=tmp_path)), 2, how='fit_one_cycle')
+    assert weights_equal(full.model, resumed.model)
+    assert compare(full.reproducible.record, resumed.reproducible.record).same
