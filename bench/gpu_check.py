@@ -12,6 +12,10 @@ Issue 25: `resume_fp16` (the same with `to_fp16()`: the gradient scaler's state 
 (`ReproducibleCallback(21, strict=True)`, torch raising on any kernel without a deterministic implementation, with
 `vision_learner`'s default head and with `unet_learner`: two runs each, whether they ran and were bit-identical, or
 the error); `cublas_late` (what the callback's probe says after the runs); and every warning, as before.
+Issue 27: `distributed`, on a machine with 2 GPUs or more: `tests/test_distributed_resume.py`'s SIGKILL resume under
+torchrun on 2 GPUs with NCCL (rank 1 killed at a random training batch, resumed, every rank bit-identical to the run
+never stopped, shared and per-rank streams), run by pytest with `FASTAI_REPRO_TEST_GPU=1`; skipped, saying so, with
+fewer GPUs.
 On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
 tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
@@ -142,6 +146,9 @@ def main():
     res['strict'] = strict_check(cfg)
     print('strict', json.dumps(res['strict']), flush=True)
     res['cublas_late'] = cublas_late()
+    res['distributed'] = distributed_check()
+    ok = ok and res['distributed'].get('returncode', 0) == 0
+    print('distributed', json.dumps(res['distributed']), flush=True)
     ratios, secs = [], []
     for i in range(args.pairs):
         order = (True, False) if i % 2 else (False, True)
@@ -155,5 +162,16 @@ def main():
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, 'gpu_check.json'), 'w') as f: json.dump(res, f, indent=1)
     return 0 if ok else 1
+
+def distributed_check() -> dict:
+    "Issue 27's distributed resume test on 2 GPUs with NCCL, by pytest; skipped with fewer GPUs"
+    n = torch.cuda.device_count()
+    if n < 2: return dict(skipped=f'{n} GPU(s) here: the distributed check needs 2 or more')
+    import subprocess, sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_distributed_resume.py']
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, 'FASTAI_REPRO_TEST_GPU': '1'})
+    return dict(gpus=n, returncode=r.returncode, output_tail=(r.stdout + r.stderr)[-4000:])
 
 if __name__ == '__main__': raise SystemExit(main())

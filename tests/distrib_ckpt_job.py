@@ -36,7 +36,8 @@ def run(data:Path, out:Path, variant:str, mode:str, at=None):
     cb = ReproducibleCallback(21, compare_previous=False, per_rank=variant == 'per_rank', **kw)
     KillAt.at, KillAt.ck = at, ck
     learn = make_learner(digits_dls(data, seed=21, size=SIZE), callback=False, cbs=[cb, KillAt()])
-    with learn.no_bar(), learn.no_logging(), learn.distrib_ctx(sync_bn=False, cpu=True): learn.fit_one_cycle(2)
+    cpu = not torch.cuda.is_available() # gloo on the CPU (the tests); NCCL on GPUs (bench/gpu_check.py)
+    with learn.no_bar(), learn.no_logging(), learn.distrib_ctx(sync_bn=False, cpu=cpu): learn.fit_one_cycle(2)
     rank = int(os.environ['RANK'])
     torch.save(dict(weights=learn.model.state_dict(), losses=[float(l) for l in learn.trace.losses],
                     values=[list(map(float, v)) for v in learn.recorder.values],

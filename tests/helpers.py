@@ -164,12 +164,15 @@ def run_script(path:Path, *args, timeout:int=600, env:dict|None=None):
                        env={**os.environ, 'CUDA_VISIBLE_DEVICES': '', **(env or {})})
     assert r.returncode == 0, f'{path.name} {args} failed:\n{r.stderr[-5000:]}'
 
+GPU_ENV = 'FASTAI_REPRO_TEST_GPU' # `1`: torchrun jobs see the GPUs (NCCL): `bench/gpu_check.py`'s distributed check
+
 def torchrun(job:Path, *args, nproc:int=2, timeout:int=600) -> subprocess.CompletedProcess:
-    "Run `job *args` on `nproc` CPU processes with torchrun (gloo); on a timeout, kill the launcher and its workers"
+    "Run `job *args` on `nproc` CPU processes with torchrun (gloo; GPUs with `GPU_ENV`); on a timeout, kill them all"
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc), str(job),
            *map(str, args)]
+    gpus = {} if os.environ.get(GPU_ENV) == '1' else {'CUDA_VISIBLE_DEVICES': ''}
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''})
+                         env={**os.environ, **gpus})
     try: stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, 9)
