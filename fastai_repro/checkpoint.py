@@ -72,7 +72,7 @@ def _part_words(part) -> str:
 
 def _parts_words(world:int|None) -> str:
     "A checkpoint of a run on `world` processes (`None`: one), in words"
-    return 'one process' if world is None else f'{world} processes' 
+    return 'one process' if world is None else f'{world} processes'
 
 def _mtime(p:Path) -> int:
     "When `p` was last written, in ns; 0 if it is gone"
@@ -265,10 +265,10 @@ class Resume:
     def __init__(self, path, seed:int, part:tuple|None=None): # `part`: this process's (rank, world size)
         p = _find(Path(path), seed, part)
         self.path, self.ck, self.part = p, read_checkpoint(p), part
-        if (had := self.ck.get('part')) != (part and list(part)) and had and part and had[1] == part[1]:
-            raise ValueError(f'the checkpoint {p} is rank {had[0]}\'s part, and this process is rank {part[0]}: each '
-                             f'rank resumes from its own part; pass the checkpoint_dir')
-        if had != (part and list(part)):
+        if (had := self.ck.get('part')) != (part and list(part)):
+            if had and part and had[1] == part[1]:
+                raise ValueError(f'the checkpoint {p} is rank {had[0]}\'s part, and this process is rank {part[0]}: '
+                                 f'each rank resumes from its own part; pass the checkpoint_dir')
             raise ValueError(f'the checkpoint {p} was written by {_part_words(had)}, and this process is '
                              f'{_part_words(part)}: resume with the number of processes the run had')
         if self.ck['seed'] != seed:

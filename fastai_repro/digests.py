@@ -101,10 +101,10 @@ def _digest_each(ts:list) -> torch.Tensor:
     "`tensor_digest` of each of `ts`, as one int64 tensor on the first one's device (on the CPU: small ones at once)"
     if any(t.device.type != 'cpu' for t in ts): return torch.stack([tensor_digest(t).to(ts[0].device) for t in ts])
     ws = [_words(t) for t in ts]
-    out = torch.tensor([_shape_digest(t) for t in ts], dtype=torch.int64, device='cpu')
-    if few := [i for i, w in enumerate(ws) if not _large(w)]: out[few] += _segment_sums([ws[i] for i in few])
-    for i, w in enumerate(ws):
-        if _large(w): out[i] += _chunked_sum(w, position_weights(w.numel(), w.device))
+    few = [i for i, w in enumerate(ws) if not _large(w)]
+    out = torch.stack([torch.tensor(_shape_digest(t), device='cpu') if i in few else tensor_digest(t)
+                       for i, t in enumerate(ts)])
+    if few: out[few] += _segment_sums([ws[i] for i in few])
     return out
 
 # %% ../nbs/01_digests.ipynb #bea83ea3

@@ -56,10 +56,12 @@ def test_killed_rank_resumes_bit_identical(full, digits, tmp_path, variant):
         assert len(ev) == 1 and ev[0]['path'].endswith(latest[rank]), ev
     assert outcome(full, 'full-shared', 0)['losses'] != outcome(full, 'full-per_rank', 0)['losses'] # two streams
 
-def fake(folder:Path, run:str, pos:tuple, *parts):
-    "Empty files named as checkpoint parts (the names are what `checkpoints` reads)"
+def fake(folder:Path, run:str, pos:tuple, *parts, mtime:int|None=None):
+    "Empty files named as checkpoint parts (the names are what `checkpoints` reads), last written at `mtime` (s)"
     folder.mkdir(exist_ok=True)
-    for part in parts: (folder/checkpoint_name(run, *pos, part)).touch()
+    for part in parts:
+        (p := folder/checkpoint_name(run, *pos, part)).touch()
+        if mtime is not None: os.utime(p, (mtime, mtime))
 
 def test_only_complete_checkpoints_count(tmp_path):
     run = 'seed21-0123abcd'
@@ -95,23 +97,19 @@ def test_no_complete_checkpoint_is_said(tmp_path):
     with pytest.raises(ValueError, match='that wrote last there has the parts of all 2 ranks'):
         Resume(tmp_path, 21, (1, 2))
 
-def touch(folder:Path, name:str, mtime:int) -> Path:
-    "An empty file `name` in `folder`, last written at `mtime` (s)"
-    p = folder/name; p.touch(); os.utime(p, (mtime, mtime)); return p
-
 def test_every_rank_ranks_runs_alike(tmp_path):
     "Run X resumed and rewrote rank 0's part of a later checkpoint; run Y wrote in between: both ranks take X's 4"
     x, y = 'seed21-0000000a', 'seed21-0000000b'
-    for r in (0, 1): touch(tmp_path, checkpoint_name(x, 0, 0, 4, (r, 2)), 100)
-    touch(tmp_path, checkpoint_name(x, 0, 0, 5, (0, 2)), 300) # rank 1 died before writing its part
-    for r in (0, 1): touch(tmp_path, checkpoint_name(y, 0, 0, 3, (r, 2)), 200)
+    fake(tmp_path, x, (0, 0, 4), (0, 2), (1, 2), mtime=100)
+    fake(tmp_path, x, (0, 0, 5), (0, 2), mtime=300) # rank 1 died before writing its part
+    fake(tmp_path, y, (0, 0, 3), (0, 2), (1, 2), mtime=200)
     got = [ckpt._find(tmp_path, 21, (r, 2)).name for r in (0, 1)]
     assert got == [checkpoint_name(x, 0, 0, 4, (r, 2)) for r in (0, 1)], got
 
 def test_the_run_that_wrote_last_decides(tmp_path):
     "A newer run on 2 processes: a resume on one process is refused, not sent to an older one-process run"
-    touch(tmp_path, checkpoint_name('seed21-0000000a', 0, 0, 2), 100)
-    for r in (0, 1): touch(tmp_path, checkpoint_name('seed21-0000000b', 0, 0, 9, (r, 2)), 200)
+    fake(tmp_path, 'seed21-0000000a', (0, 0, 2), None, mtime=100)
+    fake(tmp_path, 'seed21-0000000b', (0, 0, 9), (0, 2), (1, 2), mtime=200)
     with pytest.raises(ValueError, match='ran on 2 processes, this run is on one process'): Resume(tmp_path, 21)
 
 def test_launched_part():
