@@ -13,7 +13,7 @@ from fastcore.foundation import L
 from fastai.learner import Learner
 from fastai.callback.core import CancelFitException
 from .runrecord import RunRecord, RecordError, check_folder, write_atomic
-from .compare import OBSERVERS, json_diffs
+from .compare import OBSERVERS, json_diffs, processes, without_spreaders
 from .digests import arch_digest, text_digest
 from .seeding import PREFIX, check_count, distributed, repro_error
 from .facts import contents_seen, data_facts, fit_facts
@@ -70,9 +70,9 @@ def _part_words(part) -> str:
     "Part `part` of a checkpoint in words"
     return 'one process' if part is None else f'rank {part[0]} of {part[1]} processes'
 
-def _parts_words(world:int|None) -> str:
-    "A checkpoint of a run on `world` processes (`None`: one), in words"
-    return 'one process' if world is None else f'{world} processes'
+def _world(part) -> int:
+    "The number of processes of part `part` ((rank, world size), or `None`: one process)"
+    return 1 if part is None else part[1]
 
 def _mtime(p:Path) -> int:
     "When `p` was last written, in ns; 0 if it is gone"
@@ -202,9 +202,11 @@ class Checkpointer:
         mine = '' if self.part is None else f'-rank{self.part[0]}of{self.part[1]}' # another rank's are its own
         for p in folder.glob(f'.{self.run}-*{mine}.ckpt.*.tmp'): p.unlink(missing_ok=True) # a kill while writing
         self.written = checkpoints(folder, run=self.run, part=self.part, complete=False) # `keep` counts them
-        if self.part is None: return
-        stale = [p for p in self.written if self.since is None or _parse(p)[2] > self.since] # another job's parts:
-        for p in stale: p.unlink(missing_ok=True) # never to be taken for this job's with the other ranks' new ones
+        if self.part is None and self.since is None: return
+        mine = lambda k: k[3] == self.part or _world(k[3]) != _world(self.part) # other ranks remove their own
+        stale = [p for p in checkpoints(folder, run=self.run, complete=False) if mine(k := _parse(p)) and
+                 (self.since is None or k[2] > self.since)] # another job's, or those of a run this one resumed
+        for p in stale: p.unlink(missing_ok=True) # earlier: never to be taken for this job's new ones
         self.written = [p for p in self.written if p not in stale]
 
     def write(self, learn:Learner, seed:int, fit:int, batch:int, record:RunRecord) -> Path:
@@ -241,12 +243,10 @@ def _find(p:Path, seed:int, part:tuple|None=None) -> Path:
                              f'rank writes its part; pass the checkpoint_dir to resume from the latest complete one')
         return p
     if every := checkpoints(p, seed=seed, complete=False): # the run of this seed that wrote last, on any number
-        last = _parse(every[-1]) # of processes
-        if (w := last[3] and last[3][1]) != (part and part[1]):
-            raise ValueError(f"resume_from={str(p)!r}: the run of seed {seed} that wrote last there ran on "
-                             f"{_parts_words(w)}, this run is on {_parts_words(part and part[1])}. Resuming on "
-                             f"another number of processes is not supported yet: resume with the number the run had")
-        if found := checkpoints(p, run=last[0], part=part): return found[-1]
+        last = _parse(every[-1]) # of processes; on another number, every rank reads rank 0's parts
+        w = _world(last[3])
+        if found := checkpoints(p, run=last[0], part=part if w == _world(part) else (0, w) if w > 1 else None):
+            return found[-1]
         raise ValueError(f"resume_from={str(p)!r}: no checkpoint of the run of seed {seed} that wrote last there has "
                          f"the parts of all {w} ranks (a rank stopped before writing its part of the first one, or "
                          f"its parts were removed): start afresh")
@@ -265,12 +265,11 @@ class Resume:
     def __init__(self, path, seed:int, part:tuple|None=None): # `part`: this process's (rank, world size)
         p = _find(Path(path), seed, part)
         self.path, self.ck, self.part = p, read_checkpoint(p), part
-        if (had := self.ck.get('part')) != (part and list(part)):
-            if had and part and had[1] == part[1]:
-                raise ValueError(f'the checkpoint {p} is rank {had[0]}\'s part, and this process is rank {part[0]}: '
-                                 f'each rank resumes from its own part; pass the checkpoint_dir')
-            raise ValueError(f'the checkpoint {p} was written by {_part_words(had)}, and this process is '
-                             f'{_part_words(part)}: resume with the number of processes the run had')
+        had = self.ck.get('part')
+        if had and part and had[1] == part[1] and had[0] != part[0]:
+            raise ValueError(f'the checkpoint {p} is rank {had[0]}\'s part, and this process is rank {part[0]}: '
+                             f'each rank resumes from its own part; pass the checkpoint_dir')
+        self.worlds = (_world(had), _world(part)) # on another number of processes: the same global batches
         if self.ck['seed'] != seed:
             raise ValueError(f"the checkpoint {p} was written by a run with seed {self.ck['seed']}, not {seed}: resume "
                              f"with the seed it ran with, ReproducibleCallback({self.ck['seed']}, resume_from=...)")
@@ -282,16 +281,38 @@ class Resume:
     def check(self, idx:int, facts:dict, what:dict=_SAME):
         "Raise unless training fit `idx` of this run is the one the checkpoint's run made, in the facts of `what`"
         old = self.record.fits[idx] if idx < len(self.record.fits) else {}
+        had, now = (lambda k: self._global(old, k, 0)), (lambda k: self._global(facts, k, 1))
         for name, keys in what.items():
-            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and _setup(old, k) != _setup(facts, k)]
+            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and had(k) != now(k)]
             if not bad: continue
-            where = json_diffs(_setup(old, bad[0]), _setup(facts, bad[0]), bad[0])[0]
+            where = json_diffs(had(bad[0]), now(bad[0]), bad[0])[0]
             raise ValueError(f"the checkpoint {self.path} is from another {name}: fit {idx} differs in "
                              f"{', '.join(bad)} ({where}; run a: the checkpoint's, run b: this one). Resume with the "
                              f"script that wrote it, or start afresh without resume_from")
 
+    def _global(self, facts:dict, key:str, side:int):
+        "Fact `key` of the checkpoint's run (`side` 0) or this one (1): loaders' batch sizes summed over the processes"
+        v = _setup(facts, key)
+        if self.worlds[0] == self.worlds[1] or key not in ('dataloaders', 'callbacks'): return v
+        if key == 'callbacks': return without_spreaders(v) # fastai's `DistributedTrainer`: on 2 processes only
+        if not isinstance(v, list): return v
+        n = self.worlds[side] # on another number of processes, a global batch is kept: bs times the processes
+        return [{**d, 'bs': d['bs'] * n} if isinstance(d, dict) and type(d.get('bs')) is int else d for d in v]
+
+    def check_batch(self, facts:dict):
+        "On another number of processes, raise unless the global training batch (bs times the processes) is kept"
+        (w0, w1), b0 = self.worlds, (_setup(self.record.fits[0], 'dataloaders') or [{}])[0].get('bs')
+        b1 = (facts.get('dataloaders') or [{}])[0].get('bs')
+        if w0 == w1 or type(b0) is not int or type(b1) is not int or b0 * w0 == b1 * w1: return
+        fix = (f'pass bs={b0 * w0 // w1} to the DataLoaders' if b0 * w0 % w1 == 0 else
+               f'no whole bs makes {b0 * w0} on {w1}: resume on a number of processes that divides {b0 * w0}')
+        raise ValueError(f'the checkpoint {self.path} was taken on {processes(w0)} with bs={b0} each (global batch '
+                         f'{b0 * w0}), this run is on {processes(w1)} with bs={b1} ({b1 * w1}): a resume on another '
+                         f'number of processes keeps the global batch, so that each one holds the same items; {fix}')
+
     def check_learner(self, facts:dict, n_iter:int):
         "Raise, as the learner is built, unless its data set and model are those of the checkpoint's run"
+        self.check_batch(facts)
         self.check(0, facts, {'data set': _SAME['data set'], 'model': ('architecture',)})
         if self.part is None: self.check_epoch(n_iter) # a rank's share of the loader is known when the fit runs
 
@@ -425,10 +446,15 @@ class CheckpointHooks:
 
     def _restore(self, sc:FitScope):
         "Put the learner in the checkpoint's state, just before the batch the run goes on with"
-        self.resume.restore(sc.learn)
-        sc.resume = 'restored'
-        sc.rec.record.events.append(dict(event='resumed', before_fit=sc.idx, path=str(self.resume.path),
-                                         epoch=loop_attr(sc.learn, 'epoch'), iter=self.resume.batch))
+        r = self.resume
+        r.restore(sc.learn)
+        sc.resume, (w0, w1) = 'restored', r.worlds
+        ev = dict(event='resumed', before_fit=sc.idx, path=str(r.path), epoch=loop_attr(sc.learn, 'epoch'),
+                  iter=r.batch)
+        sc.rec.record.events.append(ev if w0 == w1 else {**ev, 'world_size': [w0, w1]})
+        if w0 != w1: sc.learn.logger(f'{PREFIX}resumed on {processes(w1)} from a checkpoint of {processes(w0)}: '
+                                     f'the same global batches from here, but not bit-equal weights (compare says '
+                                     f'world_size)')
 
     def _write(self, sc:FitScope, batch:int):
         "Write the checkpoint from which fit `sc` goes on with training batch `batch` of the epoch; a failure warns"

@@ -11,14 +11,15 @@ from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 from .determinism import PORTABLE_ENV
 
 # %% auto #0
-__all__ = ['FACTS', 'OBSERVERS', 'INTENDED', 'FIXES', 'fact', 'json_diffs', 'Divergence', 'batch_columns', 'batch_diffs',
-           'first_divergence', 'Comparison', 'interruption', 'compare', 'plot_divergence']
+__all__ = ['FACTS', 'OBSERVERS', 'SPREADERS', 'INTENDED', 'FIXES', 'without_spreaders', 'fact', 'json_diffs', 'Divergence',
+           'batch_columns', 'batch_diffs', 'first_divergence', 'Comparison', 'interruption', 'processes', 'compare',
+           'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
-_ENV_PARTS = ('kernels', 'threads', 'flags', 'precision') # compared apart from the rest of the environment
+_ENV_PARTS = ('kernels', 'threads', 'flags', 'precision', 'world_size') # compared apart from the rest of the env
 FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the rest), most fundamental first
     'env': ('env', None), 'kernels': ('env', ('kernels',)), 'threads': ('env', ('threads',)),
-    'flags': ('env', ('flags', 'precision')),
+    'flags': ('env', ('flags', 'precision')), 'world_size': ('env', ('world_size',)), # shown in distributed runs
     'seed': ('fit', ('seed', 'fit_seed')), 'items': ('fit', ('items',)), 'split': ('fit', ('split',)),
     'dataloader': ('fit', ('dataloaders',)), 'architecture': ('fit', ('architecture',)),
     'init_weights': ('fit', ('init_weights',)), 'optimizer': ('fit', ('optimizer',)),
@@ -26,6 +27,12 @@ FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the
     'hyperparameters': ('fit', ('call', 'n_epoch', 'hypers', 'learner')), 'final_weights': ('fit', ('final_weights',))}
 OBSERVERS = ('fastai.callback.progress.ProgressCallback', 'fastai.callback.progress.ShowGraphCallback',
              'fastai.callback.progress.CSVLogger') # fastai's callbacks that only watch: `no_bar()` changes no number
+SPREADERS = ('fastai.distributed.DistributedTrainer',) # what spreads a fit over processes: the world size says it
+
+def without_spreaders(cbs):
+    "The callbacks of a fit's facts less those in `SPREADERS` (compared when the world sizes differ)"
+    if not isinstance(cbs, list): return cbs
+    return [c for c in cbs if not (isinstance(c, dict) and c.get('name') in SPREADERS)]
 
 def fact(comp:str, f:dict) -> dict:
     "What component `comp` compares of a fit's facts `f`"
@@ -38,6 +45,11 @@ def fact(comp:str, f:dict) -> dict:
     if comp == 'callbacks':
         res['callbacks'] = [c for c in res['callbacks'] or []
                             if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
+    if comp == 'world_size': res['world_size'] = res['world_size'] or 1 # one process: no world size recorded
+    if comp == 'dataloader' and isinstance(res['dataloaders'], list): # batch sizes of all processes together
+        n = (f.get('env') or {}).get('world_size') or 1
+        res['dataloaders'] = [{**d, 'bs': d['bs'] * n} if isinstance(d, dict) and type(d.get('bs')) is int else d
+                              for d in res['dataloaders']]
     return res
 
 def _carried(fits:list, i:int) -> bool:
@@ -58,6 +70,9 @@ def _fact_diffs(fa:list, fb:list, partial:bool=False) -> dict:
             va, vb = fact(comp, a), fact(comp, b)
             if comp == 'hyperparameters' and other_opt:
                 va, vb = ({k: v for k, v in d.items() if k != 'hypers'} for d in (va, vb))
+            if fact('world_size', a) != fact('world_size', b) and comp in ('env', 'callbacks'): # the world size says
+                va, vb = ({k: without_spreaders(v) if k == 'callbacks' else v for k, v in d.items() if k != 'rank'}
+                          for d in (va, vb)) # it: a rank in one run only, fastai's `DistributedTrainer`
             if va != vb: res[comp] = _describe(comp, i, va, vb)
     return res
 
@@ -93,7 +108,7 @@ def _named_diffs(a:list, b:list, path:str) -> list:
 
 def _describe(comp, i, va, vb, most:int=4) -> str:
     ds = json_diffs(va, vb)
-    where = '' if comp in ('env', 'kernels', 'threads', 'flags') else f'fit {i}: '
+    where = '' if comp in ('env', 'kernels', 'threads', 'flags', 'world_size') else f'fit {i}: '
     return where + '; '.join(ds[:most]) + (f'; and {len(ds) - most} more' if len(ds) > most else '')
 
 # %% ../nbs/02_compare.ipynb #eefd93c0
@@ -152,6 +167,10 @@ FIXES = { # cause -> explanation and fix; {detail} and {where} are filled in by 
   'flags': 'the determinism or precision flags differ ({detail}): keep ReproducibleCallback(deterministic=True) in '
            'both runs, and set TF32 and matmul precision alike (torch.backends.cuda.matmul.allow_tf32, '
            'torch.backends.cudnn.allow_tf32, torch.set_float32_matmul_precision)',
+  'world_size': 'the numbers of processes differ ({detail}): each global batch holds the same items (a checkpoint '
+                'resumed on another number keeps the global batch), but each process computes on its share '
+                '(BatchNorm statistics, batch transforms) and the gradient reduction sums in another order, so the '
+                'weights and losses are not bit-equal; compare runs on the same number of processes, rank by rank',
   'seed': 'the seeds differ ({detail}): pass the same seed to ReproducibleCallback',
   'items': 'the item sets differ: the data changed (files added, removed or renamed)',
   'split': 'the items are the same but the train/valid split differs: an unseeded split; pass `seed=` to the '
@@ -312,9 +331,32 @@ def _lone_columns(a:RunRecord, b:RunRecord, partial:bool) -> dict:
     ca, cb = (set(batch_columns(pd.DataFrame(columns=r.columns))) - {'cancelled'} for r in (a, b))
     return {k: sorted(v) for k, v in (('columns_a', ca - cb), ('columns_b', cb - ca)) if v}
 
+def _after(fd, e:dict) -> bool:
+    "Whether the first differing batch `fd` (`None`: none) comes at or after where the resume `e` went on"
+    if fd is None: return True
+    valid = fd.phase != 'train' # after the epoch's training batches
+    at = (e.get('before_fit'), e.get('epoch'), 0, e.get('iter'))
+    return (fd.fit, fd.epoch, valid, 0 if valid else fd.iter) >= at
+
+def processes(n:int|None) -> str:
+    "`n` processes in words (`None`: one): 'one process', '2 processes'"
+    return 'one process' if n in (None, 1) else f'{n} processes'
+
+def _resharded(a:RunRecord, b:RunRecord, fd) -> str|None:
+    "Which run went on from a checkpoint on another number of processes before the first difference `fd`; else `None`"
+    for n, r in (('a', a), ('b', b)):
+        for e in r.events:
+            if e.get('event') != 'resumed' or len(e.get('world_size') or ()) != 2 or not _after(fd, e): continue
+            w0, w1 = e['world_size']
+            return (f"run {n} went on at fit {e.get('before_fit')}, epoch {e.get('epoch')}, training batch "
+                    f"{e.get('iter')} on {processes(w1)} from a checkpoint taken on {processes(w0)}")
+    return None
+
 def _causes(facts:dict, fd, a:RunRecord, b:RunRecord) -> tuple:
     "The causes of an outcome that differs, most fundamental first, and the detail of each"
     causes, why = [c for c in FACTS if c in facts and c != 'final_weights'], dict(facts)
+    if not causes and (fd is not None or 'final_weights' in facts) and (w := _resharded(a, b, fd)):
+        return ['world_size'], {**why, 'world_size': w}
     if set(causes) & {'env', 'kernels', 'seed', 'architecture'}: # downstream: random init runs on the kernels
         causes = [c for c in causes if c != 'init_weights']
     if 'items' in causes: causes = [c for c in causes if c != 'split'] # other items make another split
@@ -334,7 +376,9 @@ def compare(a, b, partial:bool=False) -> Comparison:
     j, d = diffs = batch_diffs(a, b)
     fd, n = first_divergence(a, b, diffs), 0 if j is None else len(j)
     cov = dict(compared=n, only_a=len(a) - n, only_b=0 if partial else len(b) - n, **_lone_columns(a, b, partial))
-    comps, details = {c: c not in facts for c in FACTS if c != 'final_weights'}, dict(facts)
+    many = any((f.get('env') or {}).get('world_size') for r in (a, b) for f in r.fits) or _resharded(a, b, None)
+    comps = {c: c not in facts for c in FACTS if c != 'final_weights' and (c != 'world_size' or many)}
+    details = dict(facts)
     for g in ('rng', 'inputs', 'targets', 'loss'):
         cs = [] if d is None else [c for c in d.columns if (c.startswith('rng_') if g == 'rng' else c == g)]
         bad = d[cs].any(axis=1) if cs else None
@@ -347,6 +391,7 @@ def compare(a, b, partial:bool=False) -> Comparison:
                or (len(a.fits) != len(b.fits) and not partial))
     inert = {} if outcome else {c: facts.pop(c) for c in list(facts)} # settings that changed nothing recorded
     causes, why = _causes(facts, fd, a, b)
+    if 'world_size' in causes: comps['world_size'], details['world_size'] = False, why['world_size']
     if stop and 'interrupted' not in causes: causes, why['interrupted'] = causes + ['interrupted'], stop[2]
     lone = [f'{cov[k]} recorded by run {k[-1]} only' for k in ('only_a', 'only_b') if cov[k]]
     lone += [f"column {', '.join(cov[k])} recorded by run {k[-1]} only"

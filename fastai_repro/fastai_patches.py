@@ -119,11 +119,14 @@ def _resumable(do_fit, all_batches):
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
     @wraps(all_batches)
     def _all_batches(self):
-        "fastai's `all_batches`; in a resumed epoch's training, numbered from the batch it resumes at"
-        at = self.__dict__.get(RESUME)
-        if at is None or not self.training or self.epoch != at[0]: return all_batches(self)
-        self.__dict__[RESUME] = (at[0], 0) # this epoch only
-        self.n_iter = len(self.dl)
+        "fastai's `all_batches`; in a resumed epoch's training, from the batch it resumes at; dealt, its batches counted"
+        at = self.__dict__.get(RESUME) # `dl` may be any iterable (fastai's `summary` passes a list)
+        count = getattr(getattr(self.dl, '__dict__', {}).get('get_idxs'), 'n_batches', None)
+        if at is None or not self.training or self.epoch != at[0]:
+            if count is None: return all_batches(self)
+            at = (self.epoch, 0)
+        else: self.__dict__[RESUME] = (at[0], 0) # this epoch only
+        self.n_iter = len(self.dl) if count is None else count() # a loader dealt by global batches (`keyed_data`)
         for o in enumerate(self.dl, at[1]): self.one_batch(*o)
     _do_fit.fastai_repro_entry = _all_batches.fastai_repro_entry = 'resume'
     return _do_fit, _all_batches

@@ -12,8 +12,8 @@ from fasttransform import Pipeline
 from .seeding import derive_seed, fastai_loaders, finalize, keyed_rng, seed_batch, unwrap_loader
 
 # %% auto #0
-__all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'KeyedItem', 'KeyedBatch', 'loader_keys', 'broadcast_indices',
-           'isolate_loader', 'give_back', 'release_loader', 'key_loaders']
+__all__ = ['WorkerSeeds', 'LoaderKeys', 'SkipStart', 'rank_share', 'GlobalBatches', 'KeyedItem', 'KeyedBatch', 'loader_keys',
+           'broadcast_indices', 'isolate_loader', 'give_back', 'release_loader', 'key_loaders']
 
 # %% ../nbs/00a_keyed_data.ipynb #f624a2d8
 class WorkerSeeds(torch.Generator):
@@ -37,8 +37,9 @@ class _Absent:
 
 def _ours(name:str, value) -> bool:
     "Whether `value`, held under `name`, was set by the keying"
-    return (type(value) is KeyedBatch if name == 'after_batch' else value is broadcast_indices if name == '_broadcast'
-            else isinstance(value, dict(do_item=KeyedItem, generator=WorkerSeeds, get_idxs=SkipStart)[name]))
+    if name == 'after_batch': return type(value) is KeyedBatch
+    if name == '_broadcast': return value is broadcast_indices
+    return isinstance(value, dict(do_item=KeyedItem, generator=WorkerSeeds, get_idxs=(SkipStart, GlobalBatches))[name])
 
 class LoaderKeys:
     "How one fastai loader is keyed: its key and counters, what the keying replaced, the global state to give back"
@@ -68,7 +69,7 @@ class LoaderKeys:
         if isinstance(ab, Pipeline) and type(ab) is not KeyedBatch: self._set('dl', 'after_batch', KeyedBatch(ab, self))
         if self.outer is not None: self._set('outer', '_broadcast', broadcast_indices)
 
-    def start(self, key:tuple, skip:int=0):
+    def start(self, key:tuple, skip:int=0, deal:bool=False):
         "Key the loader's next pass (an epoch) to `key`: its shuffle, its workers' seeds, its items and batches"
         if skip and not self.dl.indexed:
             raise ValueError(f'cannot start a pass at batch {skip} of a loader without an index '
@@ -77,7 +78,8 @@ class LoaderKeys:
         self.put_back()
         self.wrap()
         self.key, self.items, self.batches, self.made = key, derive_seed(*key, 'item'), skip, 0
-        if skip: self._set('outer' if self.outer is not None else 'dl', 'get_idxs', SkipStart(self, skip))
+        if deal and self.outer is not None: self._set('outer', 'get_idxs', GlobalBatches(self, skip)) # any world size
+        elif skip: self._set('outer' if self.outer is not None else 'dl', 'get_idxs', SkipStart(self, skip))
         self.dl.rng.seed(derive_seed(*key, 'shuffle'))
         self._set('fake_l', 'generator', WorkerSeeds().manual_seed(derive_seed(*key, 'workers', *self.rank)))
 
@@ -129,6 +131,32 @@ class SkipStart:
         idxs = list(f() if f is not _Absent else type(o).get_idxs(o)) # shuffled as in a whole pass
         n, self.n = self.n * (keys.dl.bs or 1), 0 # this pass only
         return idxs[n:]
+
+def rank_share(idxs:list, bs:int, world:int, rank:int, drop_last:bool, skip:int=0) -> list:
+    "Rank `rank`'s items of order `idxs` when global batch `g` holds `idxs[g*bs*world:(g+1)*bs*world]`, from `skip`"
+    big = bs * world # a global batch: rank r's share of each is its r-th slice of `bs` items
+    whole, rest = divmod(len(idxs), big)
+    mine = [i for g in range(skip, whole) for i in idxs[g * big + rank * bs:g * big + (rank + 1) * bs]]
+    if not rest or drop_last or skip > whole: return mine
+    share = -(-rest // world) # the last, short global batch, evened out as fastai does: repeat the order's first items
+    last = idxs[whole * big:] + (idxs * (share * world // len(idxs) + 1))[:share * world - rest]
+    return mine + last[rank * share:(rank + 1) * share]
+
+class GlobalBatches:
+    "A `DistributedDL`'s `get_idxs` dealing whole global batches (`rank_share`): the same on any world size"
+    def __init__(self, keys:LoaderKeys, skip:int=0): self.keys, self.skip = keys, skip
+    def __call__(self) -> list:
+        o = self.keys.outer
+        idxs = o._broadcast(list(o.dl.get_idxs()), 0) # shuffled as in a whole pass; every rank takes rank 0's order
+        o.n = o.n_padded = len(idxs) # fastai's `to_detach` trims no padding: a training batch has none to trim
+        skip, self.skip = self.skip, 0 # this pass only
+        return rank_share(idxs, o.dl.bs or 1, o.world_size, o.rank, o.dl.drop_last, skip)
+    def n_batches(self) -> int:
+        "The batches of a whole pass on each rank (fastai's `DistributedDL.__len__` counts slices of its own kind)"
+        o = self.keys.outer
+        whole, rest = divmod(o.dl.n, (o.dl.bs or 1) * o.world_size)
+        return whole + bool(rest and not o.dl.drop_last)
+
 
 # %% ../nbs/00a_keyed_data.ipynb #bbe6bb48
 _ITEM_GENS = [torch.default_generator] # what an item seeds besides Python and NumPy
@@ -183,10 +211,10 @@ def broadcast_indices(t:list, rank:int) -> list:
     torch.distributed.broadcast(t, rank)
     return t.cpu().tolist()
 
-def isolate_loader(dl, key:tuple, skip:int=0) -> LoaderKeys:
-    "Key `dl`'s next pass to `key` (shuffle, items, batches, worker seeds) apart from global streams; start at `skip`"
+def isolate_loader(dl, key:tuple, skip:int=0, deal:bool=False) -> LoaderKeys:
+    "Key `dl`'s next pass to `key` apart from global streams; start at `skip`; `deal`: global batches (`rank_share`)"
     keys = loader_keys(dl) or LoaderKeys(unwrap_loader(dl), dl)
-    keys.start(key, skip)
+    keys.start(key, skip, deal)
     return keys
 
 def give_back(dl):
@@ -200,7 +228,8 @@ def release_loader(dl):
     if keys is not None: keys.release()
 
 def key_loaders(dls, key:tuple, skip:int, held:list):
-    "Key loader `i` of `dls` to `key + (i,)` (the training loader from batch `skip` on); add each to `held` once"
+    "Key loader `i` of `dls` to `key + (i,)` (training: from batch `skip`, dealt by global batch); add each to `held`"
     for i, dl in enumerate(fastai_loaders(dls, wrapped=True)): # distributed: the `DistributedDL`s
-        isolate_loader(dl, (*key, i), skip if unwrap_loader(dl) is unwrap_loader(dls.train) else 0)
+        train = unwrap_loader(dl) is unwrap_loader(dls.train)
+        isolate_loader(dl, (*key, i), skip if train else 0, deal=train)
         if not any(dl is o for o in held): held.append(dl)

@@ -75,6 +75,10 @@ def _keys(learn:Learner) -> list:
         res.append((cb, f'{k}:{seen[k]}', names))
     return res
 
+def _bare(model:torch.nn.Module) -> torch.nn.Module:
+    "The model inside `DistributedDataParallel` (fastai's distributed training wraps it): its names on any world size"
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
 def _accumulates(learn:Learner) -> bool: return any(isinstance(cb, GradientAccumulation) for cb in learn.cbs)
 
 def learner_state(learn:Learner, stack:Stacker|None=None) -> dict:
@@ -83,7 +87,7 @@ def learner_state(learn:Learner, stack:Stacker|None=None) -> dict:
     cbs = {k: {n: getattr(cb, n) for n in names if hasattr(cb, n)} for cb, k, names in _keys(learn)}
     mets = [{k: v for k, v in vars(m).items() if k in _MET_STATE} for m in (rec._train_mets if rec else [])]
     grads = [p.grad for p in learn.model.parameters()] if _accumulates(learn) else None # summed, not yet stepped
-    return dict(**_plain(dict(model=learn.model.state_dict(), opt=learn.opt.state_dict(), grads=grads,
+    return dict(**_plain(dict(model=_bare(learn.model).state_dict(), opt=learn.opt.state_dict(), grads=grads,
                               scaler=scaler.state_dict() if scaler is not None else None,
                               pct_train=learn.pct_train, train_iter=learn.train_iter)),
                 **_plain(dict(callbacks=cbs, metrics=mets, loss=learn.loss,
@@ -102,7 +106,7 @@ def _unplain(o, dev):
 def restore_learner(learn:Learner, st:dict):
     "Put `learn` in the state `learner_state` took: weights, optimizer, position, callbacks, metrics"
     dev = next((p.device for p in learn.model.parameters()), torch.device('cpu'))
-    learn.model.load_state_dict(st['model'])
+    _bare(learn.model).load_state_dict(st['model'])
     opt = _unplain(st['opt'], dev) # fastai's optimizers, `OptimWrapper`'s torch one, `Lookahead`: their own state dict
     learn.opt.load_state_dict({**opt, 'hypers': L(opt['hypers'])} if 'hypers' in opt else opt)
     kept = dict(st['callbacks'])

@@ -77,10 +77,12 @@ def restore_globals():
 
 # The longest tests (minutes each) by a part of their node id, longest first; pytest-xdist hands tests out in this order
 LONGEST = ['11_pets_replayed', 'test_keyed_data.py', 'test_distributed.py', 'test_distributed_resume.py',
+           'test_world_size_resume.py',
            'test_exact_resume', 'test_pets_experiments.py', 'test_nbcheck.py', '08_why_runs_differ',
            '12_resume_anywhere', 'test_resume_anywhere.py']
 # their tests share a costly module fixture
-SHARED = ['test_keyed_data.py', 'test_distributed.py', 'test_distributed_resume.py', 'test_nbcheck.py']
+SHARED = ['test_keyed_data.py', 'test_distributed.py', 'test_distributed_resume.py', 'test_nbcheck.py',
+          'test_world_size_resume.py']
 
 def _rank(nodeid:str) -> int:
     "Where the test `nodeid` comes in `LONGEST` (after all of them when it is not there)"

@@ -1,4 +1,4 @@
-"""Issue 27, items 1, 2 and 4 in part: checkpoints and resuming in distributed training (`learn.distrib_ctx()`, 2 CPU
+"""Issue 27, items 1, 2 and 4: checkpoints and resuming in distributed training (`learn.distrib_ctx()`, 2 CPU
 processes, gloo, torchrun). Each rank writes its own part of every checkpoint; a checkpoint counts only when every
 rank's part is there. A job whose rank 1 is killed with SIGKILL at a random training batch, after rank 0 wrote its
 part of the checkpoint due there and before rank 1 wrote its own, resumes from the checkpoint before (the incomplete
@@ -78,13 +78,15 @@ def test_only_complete_checkpoints_count(tmp_path):
     (tmp_path/checkpoint_name(run, 0, 0, 5, None).replace('.ckpt', '-rank2of2.ckpt')).touch() # rank 2 of 2: no name
     assert len(checkpoints(tmp_path, complete=False)) == 7 # every part written, but not the impossible one
 
-def test_another_number_of_processes_is_refused(tmp_path, monkeypatch):
+def test_another_number_of_processes_reads_rank_0s_part(tmp_path, monkeypatch):
+    "Resumed on another number of processes (item 3): every process reads rank 0's part of the last complete one"
     run = 'seed21-0123abcd'
     fake(tmp_path, run, (0, 0, 1), (0, 2), (1, 2))
-    with pytest.raises(ValueError, match='wrote last there ran on 2 processes, this run is on one process'):
-        Resume(tmp_path, 21)
-    with pytest.raises(ValueError, match='wrote last there ran on 2 processes, this run is on 3 processes'):
-        Resume(tmp_path, 21, (0, 3))
+    fake(tmp_path, run, (0, 0, 2), (0, 2)) # rank 1 died before writing its part
+    want = checkpoint_name(run, 0, 0, 1, (0, 2))
+    assert [ckpt._find(tmp_path, 21, part).name for part in (None, (0, 3), (2, 3))] == [want] * 3
+    fake(tmp_path, 'seed21-0000000b', (0, 0, 9), None, mtime=10**10) # a one-process run wrote last: its checkpoint
+    assert ckpt._find(tmp_path, 21, (1, 2)).name == checkpoint_name('seed21-0000000b', 0, 0, 9, None)
     monkeypatch.setenv('RANK', '1'); monkeypatch.setenv('WORLD_SIZE', '2')
     with pytest.raises(ValueError, match='keep=1 in distributed training'):
         check_resuming(5, tmp_path, 1, None, 0, True)
@@ -107,10 +109,10 @@ def test_every_rank_ranks_runs_alike(tmp_path):
     assert got == [checkpoint_name(x, 0, 0, 4, (r, 2)) for r in (0, 1)], got
 
 def test_the_run_that_wrote_last_decides(tmp_path):
-    "A newer run on 2 processes: a resume on one process is refused, not sent to an older one-process run"
+    "A newer run on 2 processes: a resume on one process goes on from it, not from an older one-process run"
     fake(tmp_path, 'seed21-0000000a', (0, 0, 2), None, mtime=100)
     fake(tmp_path, 'seed21-0000000b', (0, 0, 9), (0, 2), (1, 2), mtime=200)
-    with pytest.raises(ValueError, match='ran on 2 processes, this run is on one process'): Resume(tmp_path, 21)
+    assert ckpt._find(tmp_path, 21).name == checkpoint_name('seed21-0000000b', 0, 0, 9, (0, 2))
 
 def test_launched_part():
     env = lambda **kw: {k: v for k, v in {**os.environ, **kw}.items() if v is not None}
