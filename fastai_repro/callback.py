@@ -20,6 +20,7 @@ from .fastai_patches import current_entries, on_entry_exit, deterministic_pools,
 from .scope import SCOPES, FitScope, fit_kind, loop_attr
 from .recorder import FitRecorder, save_new, save_for_nbcheck
 from .checkpoint import CheckpointHooks, check_resuming
+from .anomaly import AnomalyWatch, check_on_anomaly
 
 # %% auto #0
 __all__ = ['ReproducibleCallback']
@@ -27,7 +28,9 @@ __all__ = ['ReproducibleCallback']
 # %% ../nbs/03_callback.ipynb #ae239e0e
 class ReproducibleCallback(Callback):
     "Bit-reproducible fastai training: seeds every generator per fit, isolates `lr_find`, locks determinism, records"
-    order,isolates_entries,repro_settings = TrainEvalCallback.order-1,True,('deterministic','isolate_data','per_rank')
+    order,isolates_entries,repro_settings = TrainEvalCallback.order-1,True,('deterministic','isolate_data','per_rank',
+                                                                           'on_anomaly')
+    on_anomaly = None # watch nothing; set, it is one of the fit's recorded settings
     def __init__(self,
         seed:int|None=None, # In [0, 2**32); `None` draws one from OS entropy, kept in `self.seed`
         strict:bool=False, # Raise on kernels with no deterministic implementation and on recorder problems
@@ -43,6 +46,8 @@ class ReproducibleCallback(Callback):
         keep:int=3, # Checkpoints kept: the older ones this run wrote are deleted
         resume_from:str|Path|None=None, # A checkpoint, or a checkpoint_dir (its latest): go on from there
         per_rank:bool=False, # Distributed: each rank's batches draw from (seed, rank, fit, epoch, batch), not all alike
+        on_anomaly:str|None=None, # 'warn', 'stop' or 'skip' (the step) at a training batch whose loss or gradient
+                                  # norm is not finite or spikes (see `anomaly`); `None` watches nothing
     ):
         self.seed = draw_seed() if seed is None else check_seed(seed)
         for name in ('strict', 'deterministic', 'compare_previous', 'isolate_data', 'per_rank'):
@@ -56,8 +61,11 @@ class ReproducibleCallback(Callback):
         if reference is not None and not isinstance(reference, (RunRecord, str, os.PathLike)):
             raise ValueError(f'reference must be a RunRecord or the path of a saved one, got {reference!r}')
         check_resuming(checkpoint_every, checkpoint_dir, keep, resume_from, first_fit, isolate_data)
+        check_on_anomaly(on_anomaly)
         check_tested_versions()
         store_attr('strict,deterministic,every,save_to,compare_previous,isolate_data,per_rank')
+        if on_anomaly is not None: self.on_anomaly = on_anomaly # unset (the class's `None`): records say nothing
+        self._watch = None if on_anomaly is None else AnomalyWatch(on_anomaly)
         self.n_fit,self._restored = first_fit,False # `n_fit`: training fits so far
         self._init_state()
         self._hooks = CheckpointHooks(self.seed, checkpoint_dir, checkpoint_every, keep, resume_from, strict,
@@ -179,10 +187,17 @@ class ReproducibleCallback(Callback):
         sc = SCOPES.innermost(self)
         if sc and sc.rec.facts is not None: sc.rec.guard(sc.rec.flush)
 
-    def after_cancel_fit(self):
-        "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where"
+    def before_step(self):
+        "Before a training batch's step: watch it (`on_anomaly`); an anomaly warns, stops the fit or skips the step"
         sc = SCOPES.innermost(self)
-        if sc and sc.kind == 'train' and sc.hidden is None: sc.rec.stop('cancelled', 'CancelFitException')
+        if self._watch is None or not sc or sc.kind != 'train' or sc.rec.at is None: return
+        self._watch(self.learn, sc.rec)
+
+    def after_cancel_fit(self):
+        "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where, and why"
+        sc = SCOPES.innermost(self)
+        why = (self._watch and self._watch.stopped) or 'CancelFitException' # `on_anomaly='stop'` stopped it
+        if sc and sc.kind == 'train' and sc.hidden is None: sc.rec.stop('cancelled', why)
 
     def after_fit(self):
         "Restore the flags; after an isolated fit, every generator and the gradients too; keep and save the record"
@@ -208,6 +223,7 @@ class ReproducibleCallback(Callback):
         if sc.resume is None:
             sc.rec.start(lambda: dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn)))
         self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
+        if self._watch is not None: self._watch.start(sc.rec.record, sc.idx) # resumed: the history so far
         sc.rec.guard(self._live_check)
         self._hooks.check_writable(self.learn)
 
@@ -223,6 +239,7 @@ class ReproducibleCallback(Callback):
         attempt(sc.rec.close, sc.learn, exc) # a strict divergence raises: the record is kept and saved all the same
         if sc.kind == 'train':
             attempt(self._hooks.after_fit, sc)
+            if self._watch is not None: attempt(self._watch.finish, sc.idx)
             if self._key and sc.rec.completed: PREVIOUS.remember(self._key, self.record)
             if self.save_to is not None: attempt(sc.rec.guard, self._save)
             save_for_nbcheck(self.record, self)

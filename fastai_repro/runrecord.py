@@ -32,7 +32,7 @@ def column_kind(name:str) -> str|None:
     if name in ('fit', 'epoch', 'iter'): return 'key'
     if name == 'phase': return 'phase'
     if name.startswith('rng_') or name in ('inputs', 'targets'): return 'int'
-    return {'loss': 'float', 'cancelled': 'flag'}.get(name)
+    return {'loss': 'float', 'grad_norm': 'float', 'cancelled': 'flag'}.get(name) # `grad_norm`: `on_anomaly`'s
 
 # %% ../nbs/01b_runrecord.ipynb #1c0ae002
 _I64 = (-2**63, 2**63)

@@ -1,0 +1,112 @@
+"""Issue 28, item 1: `ReproducibleCallback(on_anomaly=...)` watches each training batch for a non-finite or spiking loss
+or gradient norm, records it, and warns, stops the fit or skips the step. A small regression on synthetic data, with
+one poisoned item (a NaN input) or a learning rate raised in the middle of a fit."""
+import warnings
+import pytest, torch
+from torch import nn
+from fastai.callback.core import Callback
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.learner import Learner
+from fastai.losses import MSELossFlat
+from fastai_repro.all import ReproducibleCallback, ReproducibilityWarning, compare
+from fastai_repro.checkpoint import checkpoints
+from helpers import assert_same_tensors
+
+N, BS, POISON = 160, 8, 37 # 20 training batches an epoch; item 37 has a NaN input
+
+def learner(on_anomaly=None, poison=True, bump=None, cbs=(), **kw) -> Learner:
+    "A linear regression on `N` items (item `POISON` with a NaN input if `poison`), the lr raised at batch `bump`"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 4, generator=g)
+    y = x @ torch.tensor([1., -2., 3., 0.5]) + 0.1 * torch.randn(N, generator=g)
+    if poison: x[POISON, 1] = float('nan')
+    items = [(x[i], y[i:i + 1]) for i in range(N)]
+    dls = DataLoaders(TfmdDL(items, bs=BS, shuffle=True, drop_last=True), TfmdDL(items[:16], bs=BS))
+    cb = ReproducibleCallback(21, compare_previous=False, on_anomaly=on_anomaly, **kw)
+    learn = Learner(dls, nn.Linear(4, 1), loss_func=MSELossFlat(), lr=0.05, cbs=[cb, *cbs])
+    if bump is not None: learn.add_cb(Bump(bump))
+    return learn
+
+class Bump(Callback):
+    "Sets the learning rate to 40 from training batch `at` (epoch, batch) on: a loss that spikes, no item to blame"
+    def __init__(self, at): self.at = at
+    def before_batch(self):
+        if self.training and (self.epoch, self.iter) >= self.at: self.opt.set_hyper('lr', 40.)
+
+class Poisoned(Callback):
+    "Notes the training batches (epoch, batch) whose inputs hold a NaN"
+    def before_fit(self): self.seen = []
+    def before_batch(self):
+        if self.training and self.xb[0].isnan().any(): self.seen.append((self.epoch, self.iter))
+
+def fit(learn, n_epoch=2) -> list:
+    "Fit quietly; the `ReproducibleCallback` warnings it raised"
+    with warnings.catch_warnings(record=True) as w, learn.no_bar(), learn.no_logging():
+        warnings.simplefilter('always')
+        learn.fit(n_epoch)
+    return [str(x.message) for x in w if issubclass(x.category, ReproducibilityWarning)]
+
+def anomalies(learn) -> list: return [e for e in learn.reproducible.record.events if e['event'] == 'anomaly']
+
+def where(e) -> tuple: return e['epoch'], e['iter']
+
+def test_warn_finds_the_poisoned_batch():
+    learn = learner('warn', cbs=[seen := Poisoned()])
+    said = fit(learn)
+    ev = anomalies(learn)
+    assert where(ev[0]) == seen.seen[0] and ev[0]['found'][0]['what'] == 'loss' # the batch that holds item 37
+    assert ev[0]['found'][0]['kind'] == 'non-finite' and ev[0]['action'] == 'warn'
+    assert not torch.isfinite(learn.model.weight).all() # it went on: the NaN reached the weights, every batch after
+    assert len(ev) == 40 - (seen.seen[0][0] * 20 + seen.seen[0][1]) # every batch from there is anomalous
+    assert len(said) == 2 and 'anomaly at fit 0, epoch' in said[0] and 'the loss is not finite (nan)' in said[0]
+    assert said[1].startswith(f'ReproducibleCallback: {len(ev)} anomalous training batches in fit 0'), said
+    plain = learner(None); assert fit(plain) == [] and anomalies(plain) == [] # unwatched: nothing said
+
+def test_stop_ends_the_fit_there():
+    learn = learner('stop', cbs=[seen := Poisoned()])
+    fit(learn)
+    end = learn.reproducible.record.fits[0]['end']
+    assert (end['status'], end['epoch'], end['iter']) == ('cancelled', *seen.seen[0]), end
+    assert end['reason'].startswith('anomaly: the loss is not finite (nan)'), end
+    assert torch.isfinite(learn.model.weight).all() # stopped before the step
+
+def test_skip_skips_the_step_again_when_run_again():
+    a, b, plain = learner('skip', cbs=[seen := Poisoned()]), learner('skip'), learner(None)
+    fit(a); fit(b); fit(plain)
+    assert [where(e) for e in anomalies(a)] == seen.seen and len(seen.seen) == 2 # the poisoned batch, each epoch
+    assert all(e['action'] == 'skip' for e in anomalies(a))
+    assert torch.isfinite(a.model.weight).all() and not torch.isfinite(plain.model.weight).all()
+    assert_same_tensors(a.model.state_dict(), b.model.state_dict()) # run again: the same steps skipped
+    assert anomalies(a) == anomalies(b)
+
+def test_a_spike_is_told_from_a_non_finite_loss():
+    learn = learner('warn', poison=False, bump=(1, 5))
+    fit(learn)
+    first = anomalies(learn)[0]
+    assert where(first) == (1, 5) or where(first) == (1, 6), first # the first batch (or the one after) at lr 40
+    assert {f['kind'] for f in first['found']} == {'spike'}, first
+    assert anomalies(learner('warn', poison=False)) == [] # lr unchanged: no spike
+
+def test_watching_changes_nothing_when_nothing_happens():
+    a, b = learner(None, poison=False), learner('warn', poison=False)
+    assert fit(a) == fit(b) == []
+    assert_same_tensors(a.model.state_dict(), b.model.state_dict())
+    c = compare(a.reproducible.record, b.reproducible.record)
+    assert c.same and list(c.inert) == ['callbacks'], c.report() # only the setting differs
+    assert 'grad_norm' in b.reproducible.record.batches and 'grad_norm' not in a.reproducible.record.batches
+
+def test_a_resumed_run_judges_as_the_run_never_stopped(tmp_path):
+    "A spike 6 batches after a checkpoint needs the 25 batches' history before it: the checkpoint's record holds it"
+    full = learner('skip', poison=False, bump=(1, 5), checkpoint_every=5, checkpoint_dir=tmp_path/'ck', keep=10)
+    fit(full)
+    assert anomalies(full) and where(anomalies(full)[0]) >= (1, 5)
+    ck = [p for p in checkpoints(tmp_path/'ck') if p.name.endswith('-epoch0001-batch000005.ckpt')]
+    resumed = learner('skip', poison=False, bump=(1, 5), resume_from=ck[0])
+    fit(resumed)
+    assert_same_tensors(full.model.state_dict(), resumed.model.state_dict())
+    assert anomalies(resumed) == anomalies(full)
+
+@pytest.mark.parametrize('bad', ['Skip', 'raise', True, 1])
+def test_bad_on_anomaly_is_refused(bad):
+    with pytest.raises(ValueError, match=r"on_anomaly must be None, 'warn', 'stop' or 'skip', got"):
+        ReproducibleCallback(21, on_anomaly=bad)
