@@ -14,8 +14,9 @@ Issue 25: `resume_fp16` (the same with `to_fp16()`: the gradient scaler's state 
 the error); `cublas_late` (what the callback's probe says after the runs); and every warning, as before.
 Issue 27: `distributed`, on a machine with 2 GPUs or more: `tests/test_distributed_resume.py`'s SIGKILL resume under
 torchrun on 2 GPUs with NCCL (rank 1 killed at a random training batch, resumed, every rank bit-identical to the run
-never stopped, shared and per-rank streams), run by pytest with `FASTAI_REPRO_TEST_GPU=1`; skipped, saying so, with
-fewer GPUs.
+never stopped, shared and per-rank streams) and `tests/test_world_size_resume.py` (1 and 2 GPUs, resumed from one to
+the other with the global batch kept), run by pytest with `FASTAI_REPRO_TEST_GPU=1`; skipped, saying so, with fewer
+GPUs.
 On a machine without a GPU it runs a smaller workload on the CPU (64 pixels, fewer images), so the script itself is
 tested everywhere; there fastai's `to_fp16` turns itself off (its autocast is for CUDA), which the output says.
 
@@ -169,7 +170,8 @@ def distributed_check() -> dict:
     if n < 2: return dict(skipped=f'{n} GPU(s) here: the distributed check needs 2 or more')
     import subprocess, sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_distributed_resume.py']
+    cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', 'tests/test_distributed_resume.py',
+           'tests/test_world_size_resume.py']
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
                        env={**os.environ, 'FASTAI_REPRO_TEST_GPU': '1'})
     return dict(gpus=n, returncode=r.returncode, output_tail=(r.stdout + r.stderr)[-4000:])

@@ -26,6 +26,7 @@ from .compare import compare, Comparison, Divergence, plot_divergence
 from .scope import fit_kind, open_scopes, reset_scopes
 from .callback import ReproducibleCallback
 from .checkpoint import checkpoints, read_checkpoint
+from .replay import Replay
 from .data import make_digits_folder, digits_dls, is_upper
 
 # %% ../nbs/06_all.ipynb #02441290

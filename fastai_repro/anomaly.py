@@ -10,7 +10,7 @@ from fastai.callback.core import CancelFitException, CancelStepException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from .runrecord import RunRecord
-from .seeding import repro_warn
+from .seeding import distributed, repro_warn
 
 # %% auto #0
 __all__ = ['ANOMALY_ACTIONS', 'WINDOW', 'LEAST', 'Z', 'MAX_EVENTS', 'check_on_anomaly', 'grad_norm', 'spike', 'AnomalyWatch']
@@ -28,7 +28,9 @@ def check_on_anomaly(v):
 def grad_norm(params) -> torch.Tensor|None:
     "The 2-norm of all the gradients of `params` (`inf` or `nan` if one is not finite); `None` without gradients"
     grads = [p.grad for p in params if p.grad is not None]
-    return torch.nn.utils.get_total_norm(grads) if grads else None
+    if not grads: return None
+    if hasattr(torch.nn.utils, 'get_total_norm'): return torch.nn.utils.get_total_norm(grads) # torch 2.6 and later
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
 def spike(history:list, x:float) -> tuple|None:
     "(median, robust std) of `history` when `x` lies more than `Z` robust stds above the median; else `None`"
@@ -44,6 +46,10 @@ def _words(what:str, kind:str, v:float, stat:tuple|None, n:int) -> str:
     if kind == 'non-finite': return f'the {name} is not finite ({v})'
     return f'the {name} {v:.4g} is {(v - stat[0]) / stat[1]:.1f} robust stds above the median {stat[0]:.4g} of the last {n}'
 
+_RANKS = ('training goes on: in distributed training only the gradient norm, the same on every rank after the '
+          'reduction, stops the fit or skips the step (the loss differs by rank)')
+_SCALED = ("training goes on: under mixed precision the gradient scaler skips a step whose gradients are not finite "
+           "itself, and on_anomaly='skip' leaves the steps to it")
 _DOES = dict(warn="training goes on (on_anomaly='stop' ends the fit there, 'skip' skips such steps)",
              stop="the fit stops here (on_anomaly='stop')", skip="its step is skipped: no update (on_anomaly='skip')")
 
@@ -81,22 +87,30 @@ class AnomalyWatch:
             if norm_v is not None: rec.row['grad_norm'] = norm_v
             if norm_v is not None and math.isfinite(loss_v) and math.isfinite(norm_v):
                 self.history = (self.history + [(loss_v, norm_v)])[-WINDOW:]
-        if found: self._act(rec, found)
+        if found: self._act(rec, found, scaled)
 
-    def _act(self, rec, found:list):
+    def _action(self, found:list, scaled:bool) -> tuple:
+        "(what to do, why in words): a step is skipped or a fit stopped only where every process decides alike"
+        if self.action == 'warn': return 'warn', _DOES['warn']
+        if distributed()[1] > 1 and not any(w == 'grad_norm' for w, *_ in found): return 'warn', _RANKS
+        if scaled and self.action == 'skip': return 'warn', _SCALED
+        return self.action, _DOES[self.action]
+
+    def _act(self, rec, found:list, scaled:bool=False):
         "Record the anomalies `found` in the batch under way, warn at the fit's first, stop or skip"
         epoch, _, it = rec.at
         what = '; '.join(_words(w, k, v, s, len(self.history)) for w, k, v, s in found)
-        msg = f'anomaly at fit {rec.idx}, epoch {epoch}, training batch {it}: {what}; {_DOES[self.action]}'
+        act, does = self._action(found, scaled)
+        msg = f'anomaly at fit {rec.idx}, epoch {epoch}, training batch {it}: {what}; {does}'
         self.count += 1
         if self.count <= MAX_EVENTS:
-            rec.record.events.append(dict(event='anomaly', fit=rec.idx, epoch=epoch, iter=it, action=self.action,
+            rec.record.events.append(dict(event='anomaly', fit=rec.idx, epoch=epoch, iter=it, action=act,
                                           found=[dict(what=w, kind=k, value=v if math.isfinite(v) else str(v), # JSON
                                                       median=s and s[0], std=s and s[1]) for w, k, v, s in found],
                                           message=msg))
         if self.count == 1: repro_warn(msg)
-        if self.action == 'skip': raise CancelStepException()
-        if self.action == 'stop': self.stopped = f'anomaly: {what}'; raise CancelFitException()
+        if act == 'skip': raise CancelStepException()
+        if act == 'stop': self.stopped = f'anomaly: {what}'; raise CancelFitException()
 
     def finish(self, idx:int):
         "After fit `idx`: say how many batches were anomalous, when more than the one warned about"

@@ -4,23 +4,26 @@
 
 # %% ../nbs/03_callback.ipynb #b1f3f141
 from __future__ import annotations
-import os, weakref
+import copy, os, warnings, weakref
 from pathlib import Path
 from fastcore.basics import store_attr
-from fastai.callback.core import Callback, TrainEvalCallback
-from .seeding import (ReproducibilityError, PREFIX, repro_warn, repro_error, check_seed, check_flag, check_count,
-    draw_seed, derive_seed, seed_generators, get_rng_state, distributed, BatchSeeder)
+from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
+from .seeding import (ReproducibilityError, ReproducibilityWarning, PREFIX, repro_warn, repro_error, check_seed, check_flag, check_count,
+    draw_seed, derive_seed, seed_generators, get_rng_state, set_rng_state, distributed, BatchSeeder)
 from .keyed_data import key_loaders
 from .determinism import CUBLAS_ENV, kernel_mode, kernels_late, cublas_late, lock_determinism
 from .livecheck import LiveCheck, PREVIOUS, creation_site
 from .runrecord import RunRecord, check_folder
 from .digests import torch_fingerprint
-from .facts import fit_facts, check_ranks
+from .facts import fit_facts, check_ranks, live_call
 from .fastai_patches import current_entries, on_entry_exit, deterministic_pools, check_tested_versions
 from .scope import SCOPES, FitScope, fit_kind, loop_attr
 from .recorder import FitRecorder, save_new, save_for_nbcheck
 from .checkpoint import CheckpointHooks, check_resuming
 from .anomaly import AnomalyWatch, check_on_anomaly
+from .replay import BatchReplay, Replay, replay_checkpoint, replay_fit
+from .compare import OBSERVERS
+from .checkpoint import checkpoint_position
 
 # %% auto #0
 __all__ = ['ReproducibleCallback']
@@ -76,11 +79,13 @@ class ReproducibleCallback(Callback):
         seed_generators(derive_seed(self.seed, 'init'))
         self._seeded = torch_fingerprint() # to tell, at `after_create`, whether the model was built after this
 
-    _stateattrs = ('record','saved_as','_live','_learner','_key','_hooks')
+    _stateattrs = ('record','saved_as','_live','_learner','_key','_hooks','_calls','_call','_replay')
+    _replay_keeps = ('_hooks','_replay','_live','_key','save_to','record','saved_as','n_fit','_calls','_call')
     def _init_state(self):
         "Fresh per-run state; an exported learner carries none of it (no record, no file, no reference)"
         self._state,self.record,self.saved_as,self._live,self._learner = {},RunRecord(),None,None,None
         self._hooks = CheckpointHooks() # an exported learner writes no checkpoint and resumes nothing
+        self._calls,self._call,self._replay = {},None,None # each training fit's call (`replay`); a replay under way
         self._key = None # the experiment (`compare_previous`): none for a callback loaded with an exported learner
 
     @property
@@ -131,6 +136,7 @@ class ReproducibleCallback(Callback):
             self.record.events.append(dict(event='lr_find', before_fit=self.n_fit, seed=sc.seed))
         SCOPES.open(sc)
         seed_generators(sc.seed, self.dls)
+        if kind == 'train' and self._replay is not None and self._replay.done: raise CancelFitException() # replayed
         if kind == 'train': self._start_training(sc)
 
     def before_epoch(self):
@@ -169,6 +175,7 @@ class ReproducibleCallback(Callback):
             if at[1]: self._hooks.before_batch(sc, at[2])
             sc.seeder(at[1], at[2])
         sc.rec.begin(at, learn)
+        if self._replay is not None and self._replay.due(sc.idx, at): self._replay.begin(learn)
 
     def after_cancel_batch(self):
         "A callback cancelled this batch (`CancelBatchException`): its row says so, and keeps no other batch's loss"
@@ -186,6 +193,11 @@ class ReproducibleCallback(Callback):
         "Bring the epoch's rows to the host, into the record"
         sc = SCOPES.innermost(self)
         if sc and sc.rec.facts is not None: sc.rec.guard(sc.rec.flush)
+
+    def before_backward(self):
+        "A replay (`replay`) stops at its batch, once its loss is computed and every callback saw it"
+        sc, rp = SCOPES.innermost(self), self._replay
+        if rp is not None and rp.before is not None and sc and rp.due(sc.idx, sc.rec.at): rp.capture(self.learn)
 
     def before_step(self):
         "Before a training batch's step: watch it (`on_anomaly`); an anomaly warns, stops the fit or skips the step"
@@ -223,6 +235,7 @@ class ReproducibleCallback(Callback):
         if sc.resume is None:
             sc.rec.start(lambda: dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn)))
         self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
+        self._note_call(sc.idx)
         if self._watch is not None: self._watch.start(sc.rec.record, sc.idx) # resumed: the history so far
         sc.rec.guard(self._live_check)
         self._hooks.check_writable(self.learn)
@@ -242,9 +255,48 @@ class ReproducibleCallback(Callback):
             if self._watch is not None: attempt(self._watch.finish, sc.idx)
             if self._key and sc.rec.completed: PREVIOUS.remember(self._key, self.record)
             if self.save_to is not None: attempt(sc.rec.guard, self._save)
-            save_for_nbcheck(self.record, self)
+            if self._replay is None: save_for_nbcheck(self.record, self)
         if errs and (self.strict or isinstance(errs[0], ReproducibilityError)): raise errs[0] # a strict divergence
         for e in errs: repro_warn(f'closing a fit: {type(e).__name__}: {e}')
+
+    def _note_call(self, idx:int):
+        "Keep the call that made training fit `idx` (the first fit's arguments for every fit of one call): `replay`"
+        if (call := live_call(self.learn)) is None: return
+        same = self._call is not None and self._call[0] is call[2] # the frame of the call, kept till the next fit
+        first = self._call[1] if same else idx
+        self._call, self._calls[idx] = (call[2], first), self._calls[first] if same else (call[0], call[1], first)
+
+    def replay(self, epoch:int, batch:int, fit:int|None=None) -> Replay:
+        "Run training batch `batch` of `epoch` (fit `fit`: the last) again, from the latest checkpoint before it"
+        f = replay_fit(self.record, fit, epoch, batch)
+        ck = self._hooks.ckpt
+        path = replay_checkpoint(ck and ck.folder, ck and ck.run, (f, epoch, batch))
+        if f not in self._calls: raise ValueError(f'replay: fit {f} was not run by this callback in this process; '
+                                                  f'replay in the script or notebook that trained')
+        hooks = CheckpointHooks(self.seed, resume_from=path, event=lambda *a, **kw: None) # said when it ran
+        hooks.check_learner(self.learn) # the learner is the checkpoint's: its data set and model
+        hooks.resume.unchecked = ('init_weights', 'hypers') # trained since: the checkpoint puts them back
+        kept = {**{k: self.__dict__[k] for k in self._replay_keeps}, '_watch': copy.copy(self._watch),
+                '_calls': dict(self._calls)}
+        rp, rng, learn = BatchReplay((f, epoch, batch), path, self.learn), get_rng_state(self.dls), self.learn
+        method, args, first = self._calls[f]
+        watchers = [cb for cb in learn.cbs if f'{type(cb).__module__}.{type(cb).__qualname__}' in OBSERVERS]
+        try:
+            self._hooks, self._replay, self._live, self._key, self.save_to = hooks, rp, None, None, None
+            self.record, self.saved_as, self.n_fit = hooks.resume.record, None, first
+            learn.remove_cbs(watchers) # fastai's loggers and plots: a CSVLogger would start its file again
+            with warnings.catch_warnings(), learn.no_bar(), learn.no_logging():
+                warnings.simplefilter('ignore', ReproducibilityWarning) # said when the run ran
+                getattr(learn, method)(**args)
+            replayed = self.record
+        finally:
+            learn.add_cbs(watchers)
+            rp.put_back(learn)
+            self.__dict__.update(kept)
+            set_rng_state(rng, self.dls) # the generators as they were: the replay is invisible
+        ran, differs = rp.check(self.record, replayed, checkpoint_position(rp.path)[1:])
+        got = rp.got or dict(xb=(), yb=(), loss=None)
+        return Replay(f, epoch, batch, rp.path, ran, differs, got['xb'], got['yb'], got['loss'], rp.before)
 
     def _save(self):
         "Save the record: into the file of this run's first save, or a new one in `save_to`"

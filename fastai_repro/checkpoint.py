@@ -22,9 +22,9 @@ from .scope import FitScope, loop_attr
 from .learner_state import Stacker, learner_state, restore_learner
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'ANY', 'run_name', 'checkpoint_name', 'launched_part', 'checkpoints',
-           'checkpoint_digest', 'write_checkpoint', 'read_checkpoint', 'Checkpointer', 'Resume', 'check_resuming',
-           'CheckpointHooks']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'ANY', 'run_name', 'checkpoint_name', 'checkpoint_position',
+           'launched_part', 'checkpoints', 'checkpoint_digest', 'write_checkpoint', 'read_checkpoint', 'Checkpointer',
+           'Resume', 'check_resuming', 'CheckpointHooks']
 
 # %% ../nbs/02g_checkpoint.ipynb #e42a1056
 _SAME = {'data set': ('items', 'split', 'n_train', 'n_valid', 'dataloaders'), 'model': ('architecture', 'init_weights'),
@@ -59,6 +59,10 @@ def _parse(p:Path) -> tuple|None:
     m = _NAME.fullmatch(p.name)
     if m is None or (m[6] is not None and not 0 <= int(m[6]) < int(m[7])): return None
     return m[1], int(m[2]), tuple(map(int, m.groups()[2:5])), None if m[6] is None else (int(m[6]), int(m[7]))
+
+def checkpoint_position(p) -> tuple|None:
+    "(fit, epoch, batch) of the checkpoint named `p`: it goes on with that training batch; `None` for another name"
+    return None if (k := _parse(Path(p))) is None else k[2]
 
 def launched_part() -> tuple|None:
     "(rank, world size) this process was launched as (`torchrun`'s and Accelerate's `RANK`, `WORLD_SIZE`); else `None`"
@@ -277,13 +281,14 @@ class Resume:
         self.fit, self.epoch, self.batch, self.n_iter = pos['fit'], pos['epoch'], pos['batch'], pos['n_iter']
         self.record, self.run = self.ck['record'], self.ck['run']
         self.done, self.reached, self.skipped = False, False, []
+        self.unchecked = () # facts a replay leaves unchecked: the learner has trained since (`replay`)
 
     def check(self, idx:int, facts:dict, what:dict=_SAME):
         "Raise unless training fit `idx` of this run is the one the checkpoint's run made, in the facts of `what`"
         old = self.record.fits[idx] if idx < len(self.record.fits) else {}
         had, now = (lambda k: self._global(old, k, 0)), (lambda k: self._global(facts, k, 1))
         for name, keys in what.items():
-            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and had(k) != now(k)]
+            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and k not in self.unchecked and had(k) != now(k)]
             if not bad: continue
             where = json_diffs(had(bad[0]), now(bad[0]), bad[0])[0]
             raise ValueError(f"the checkpoint {self.path} is from another {name}: fit {idx} differs in "

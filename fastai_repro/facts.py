@@ -17,8 +17,8 @@ from .digests import arch_digest, bytes_digest, mix, text_digest, weights_digest
 
 # %% auto #0
 __all__ = ['ENV_VARS', 'THREAD_VARS', 'FIT_METHODS', 'thread_facts', 'precision_flags', 'environment', 'contents_seen',
-           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'settings', 'callback_facts', 'loss_facts',
-           'optimizer_facts', 'learner_settings', 'fit_facts', 'check_ranks']
+           'data_facts', 'dataloader_settings', 'jsonable', 'fit_call', 'live_call', 'settings', 'callback_facts',
+           'loss_facts', 'optimizer_facts', 'learner_settings', 'fit_facts', 'check_ranks']
 
 # %% ../nbs/01a_facts.ipynb #7bc9ba95
 ENV_VARS = ('PYTHONHASHSEED', 'CUDA_VISIBLE_DEVICES', 'CUDA_LAUNCH_BLOCKING', # CUBLAS_WORKSPACE_CONFIG: in `flags`
@@ -154,16 +154,28 @@ def _array(a) -> list|str:
     b = (t if t.dtype == torch.bool else t.view(torch.uint8)).numpy().tobytes()
     return f'<{type(a).__name__} {tuple(a.shape)} {a.dtype} {bytes_digest(b) & (2**64 - 1):016x}>'
 
-def fit_call(learn) -> list:
-    "The `Learner` methods on the stack that led to this fit, outermost first, with their arguments"
-    res, f = [], sys._getframe(1)
+def _fit_frames(learn) -> list:
+    "The frames of the `Learner` methods on the stack that led to this fit, outermost first"
+    res, f = [], sys._getframe(2)
     while f is not None:
-        if f.f_code.co_name in FIT_METHODS and f.f_locals.get('self') is learn:
-            args = inspect.getargvalues(f)
-            res.append(dict(method=f.f_code.co_name,
-                            args={a: jsonable(args.locals[a]) for a in args.args[1:] if a != 'cbs'}))
+        if f.f_code.co_name in FIT_METHODS and f.f_locals.get('self') is learn: res.append(f)
         f = f.f_back
     return res[::-1]
+
+def fit_call(learn) -> list:
+    "The `Learner` methods on the stack that led to this fit, outermost first, with their arguments"
+    return [dict(method=f.f_code.co_name, args={a: jsonable(v) for a, v in _call_args(f).items() if a != 'cbs'})
+            for f in _fit_frames(learn)]
+
+def _call_args(f) -> dict:
+    "The arguments of the call running in frame `f`, as it holds them now (`**kwargs` spread out)"
+    args = inspect.getargvalues(f)
+    return {**{a: args.locals[a] for a in args.args[1:]}, **(args.locals.get(args.keywords) or {})}
+
+def live_call(learn) -> tuple|None:
+    "(method, arguments, frame) of the outermost `Learner` method that led to this fit: the objects it holds now"
+    frames = _fit_frames(learn)
+    return (frames[0].f_code.co_name, _call_args(frames[0]), frames[0]) if frames else None
 
 # %% ../nbs/01a_facts.ipynb #3650915d
 def _short(v, most:int=200):

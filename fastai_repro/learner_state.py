@@ -106,14 +106,18 @@ def _unplain(o, dev):
 def restore_learner(learn:Learner, st:dict):
     "Put `learn` in the state `learner_state` took: weights, optimizer, position, callbacks, metrics"
     dev = next((p.device for p in learn.model.parameters()), torch.device('cpu'))
-    _bare(learn.model).load_state_dict(st['model'])
+    bare, sd = _bare(learn.model), st['model'] # written under DDP before its wrapper was left out: `module.` names
+    if sd and all(k.startswith('module.') for k in sd) and not any(k.startswith('module.') for k in bare.state_dict()):
+        sd = {k[len('module.'):]: v for k, v in sd.items()}
+    bare.load_state_dict(sd)
     opt = _unplain(st['opt'], dev) # fastai's optimizers, `OptimWrapper`'s torch one, `Lookahead`: their own state dict
     learn.opt.load_state_dict({**opt, 'hypers': L(opt['hypers'])} if 'hypers' in opt else opt)
     kept = dict(st['callbacks'])
     for cb, k, _ in _keys(learn):
         for n, v in kept.pop(k, {}).items(): cb.__dict__[n] = _unplain(v, dev)
     if kept: raise ValueError(f'the checkpoint holds the state of callbacks this learner lacks: {sorted(kept)}')
-    for p, g in zip(learn.model.parameters(), st['grads'] or ()): p.grad = None if g is None else g.to(p.device)
+    params = list(learn.model.parameters()) # no gradients summed at the checkpoint: none left from before it either
+    for p, g in zip(params, st['grads'] or [None] * len(params)): p.grad = None if g is None else g.to(p.device)
     if st['scaler'] and learn.__dict__.get('scaler') is not None: learn.scaler.load_state_dict(st['scaler'])
     rec = getattr(learn, 'recorder', None)
     for m, s in zip(rec._train_mets if rec else [], st['metrics']):

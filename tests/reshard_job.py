@@ -1,9 +1,9 @@
 """One process of the world-size tests (issue 27, item 3): the pets notebook's learner with a global batch of 64, on
 one process (bs=64) or two (bs=32 each, `learn.distrib_ctx()`, gloo).
 
-    python tests/reshard_job.py DATA OUT full                     (one process)
+    python -m torch.distributed.run --standalone --nproc_per_node 1 tests/reshard_job.py DATA OUT full
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/reshard_job.py DATA OUT full [FROM]
-    python tests/reshard_job.py DATA OUT resume FROM              (one process)
+    python -m torch.distributed.run --standalone --nproc_per_node 1 tests/reshard_job.py DATA OUT resume FROM
 
 `full`: `fit_one_cycle(2)` never stopped, a checkpoint every 2 training batches into OUT/ck-wW; on two processes with
 FROM, then also `resume`. `resume`: `resume_from=FROM`, a checkpoint file written on the other number of processes.
@@ -47,7 +47,8 @@ def run(data:Path, out:Path, mode:str, start:str|None=None):
     with learn.no_bar(), learn.no_logging():
         if world == 1: learn.fit_one_cycle(2)
         else:
-            with learn.distrib_ctx(sync_bn=False, cpu=True): learn.fit_one_cycle(2)
+            cpu = not torch.cuda.is_available() # gloo on the CPU (the tests); NCCL on GPUs (bench/gpu_check.py)
+            with learn.distrib_ctx(sync_bn=False, cpu=cpu): learn.fit_one_cycle(2)
     rank = int(os.environ.get('RANK', 0))
     torch.save(dict(weights=learn.model.state_dict(), losses=[float(l) for l in learn.trace.losses], rows=rows.got,
                     record=learn.reproducible.record.to_bytes()), out/f'{mode}-w{world}-rank{rank}.pth')

@@ -1,6 +1,6 @@
-"""Issue 28, item 1: `ReproducibleCallback(on_anomaly=...)` watches each training batch for a non-finite or spiking loss
-or gradient norm, records it, and warns, stops the fit or skips the step. A small regression on synthetic data, with
-one poisoned item (a NaN input) or a learning rate raised in the middle of a fit."""
+"""Issue 28, item 1: `ReproducibleCallback(on_anomaly=...)` watches each training batch for a non-finite or spiking
+loss or gradient norm, records it, and warns, stops the fit or skips the step. A small regression on synthetic data,
+with one poisoned item (a NaN input) or a learning rate raised in the middle of a fit."""
 import warnings
 import pytest, torch
 from torch import nn
@@ -110,3 +110,27 @@ def test_a_resumed_run_judges_as_the_run_never_stopped(tmp_path):
 def test_bad_on_anomaly_is_refused(bad):
     with pytest.raises(ValueError, match=r"on_anomaly must be None, 'warn', 'stop' or 'skip', got"):
         ReproducibleCallback(21, on_anomaly=bad)
+
+def test_skip_leaves_steps_to_the_scaler_and_stops_alike_on_every_rank(monkeypatch):
+    """Mixed precision: the gradient scaler skips non-finite steps itself. Distributed: only the gradient norm, equal
+    on every rank after the reduction, stops or skips (a loss that differs by rank would part the ranks)"""
+    from types import SimpleNamespace
+    from fastai.callback.core import CancelStepException
+    from fastai.callback.fp16 import MixedPrecision
+    from fastai_repro import anomaly
+    from fastai_repro.runrecord import RunRecord
+    model = nn.Linear(2, 1); model.weight.grad, model.bias.grad = torch.ones(1, 2), torch.ones(1)
+    rec = SimpleNamespace(idx=0, record=RunRecord(), row=None, at=(0, True, 3))
+    nan = torch.tensor(float('nan'))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        anomaly.AnomalyWatch('skip')(SimpleNamespace(cbs=[MixedPrecision()], model=model, loss=nan), rec)
+        last = lambda: rec.record.events[-1]
+        assert last()['action'] == 'warn' and 'the gradient scaler skips' in last()['message']
+        monkeypatch.setattr(anomaly, 'distributed', lambda: (1, 2))
+        plain = SimpleNamespace(cbs=[], model=model, loss=nan)
+        anomaly.AnomalyWatch('stop')(plain, rec) # the loss alone: this rank's
+        assert last()['action'] == 'warn' and 'the loss differs by rank' in last()['message']
+        model.bias.grad = torch.tensor([float('inf')]) # the gradients: the same on every rank
+        with pytest.raises(CancelStepException): anomaly.AnomalyWatch('skip')(plain, rec)
+        assert rec.record.events[-1]['action'] == 'skip'

@@ -3,14 +3,14 @@ process, 32 on each of two). Under `ReproducibleCallback` the training loader de
 (`keyed_data.rank_share`), so global batch g holds the same items, with the same item transforms, on any world size.
 The weights are not expected to be bit-equal after such a resume: `compare` names `world_size`.
 
-Three launches: one process (`full`, checkpoints), two processes (`full`, checkpoints, then a resume from a one-process
-checkpoint), one process (a resume from rank 0's part of a two-process checkpoint)."""
+Three torchrun launches: one process (`full`, checkpoints), two processes (`full`, checkpoints, then a resume from a
+one-process checkpoint), one process (a resume from rank 0's part of a two-process checkpoint)."""
 import os, random, warnings
 from pathlib import Path
 import pytest, torch
 from fastai_repro.all import ReproducibleCallback, RunRecord, compare
 from fastai_repro.checkpoint import checkpoint_name, checkpoints
-from helpers import make_learner, run_script, torchrun
+from helpers import make_learner, torchrun
 from reshard_job import GLOBAL_BS, dls
 
 JOB = Path(__file__).parent/'reshard_job.py'
@@ -26,10 +26,13 @@ def runs(digits, tmp_path_factory):
     "The runs on one and two processes, and the resumes from one to two and from two to one, at random checkpoints"
     out, rnd = tmp_path_factory.mktemp('world_size'), random.Random(os.urandom(8))
     at12, at21 = rnd.choice(MID), rnd.choice(MID)
-    run_script(JOB, digits, out, 'full')
-    r = torchrun(JOB, digits, out, 'full', ckpt_at(out/'ck-w1', at12))
-    assert r.returncode == 0, f'the two-process job failed:\n{r.stderr[-5000:]}'
-    run_script(JOB, digits, out, 'resume', ckpt_at(out/'ck-w2', at21, (0, 2)))
+    def launch(n:int, *args):
+        "`reshard_job.py DATA OUT *args` on `n` processes (on one: RANK=0, WORLD_SIZE=1, no process group)"
+        r = torchrun(JOB, digits, out, *args, nproc=n)
+        assert r.returncode == 0, f'{args} on {n} process(es) failed:\n{r.stderr[-5000:]}'
+    launch(1, 'full')
+    launch(2, 'full', ckpt_at(out/'ck-w1', at12))
+    launch(1, 'resume', ckpt_at(out/'ck-w2', at21, (0, 2)))
     def got(name):
         o = torch.load(out/f'{name}.pth', weights_only=True)
         return {**o, 'record': RunRecord.from_bytes(o['record'])}

@@ -1,0 +1,86 @@
+"""Issue 28, items 2 and 4: `learn.reproducible.replay(epoch, batch)` runs a training batch again from the latest
+checkpoint before it, checks every fingerprint on the way against the record, keeps the batch, and gives the learner
+back as it was; what it cannot do it says, naming what is missing."""
+import random, os
+import pytest, torch
+from torch import nn
+from fastai_repro.all import make_digits_folder
+from helpers import assert_same_tensors, make_learner, quiet
+from test_anomaly import N, BS, POISON, fit, learner
+from fastai_repro.data import digits_dls
+from fastai_repro.checkpoint import checkpoint_position
+
+def trained(tmp_path, every=3, **kw):
+    "The regression of `test_anomaly` (item 37 a NaN input unless `poison=False`), 2 epochs, a checkpoint every 3"
+    learn = learner(checkpoint_every=every, checkpoint_dir=tmp_path/'ck', keep=50, **kw)
+    fit(learn)
+    return learn
+
+def test_a_replayed_batch_matches_the_record(tmp_path):
+    learn = trained(tmp_path, poison=False)
+    rec = learn.reproducible.record
+    before, n_rows, n_ev = {k: v.clone() for k, v in learn.model.state_dict().items()}, len(rec), len(rec.events)
+    epoch, batch = random.Random(os.urandom(8)).choice([(e, b) for e in (0, 1) for b in range(20) if e or b >= 3])
+    r = learn.reproducible.replay(epoch, batch)
+    assert r.matched, r.verdict()
+    assert (r.fit, r.epoch, r.batch) == (0, epoch, batch)
+    # the checkpoints: before each training batch whose number in the fit is a multiple of 3, and after each epoch's
+    have = [(e, b) for e in (0, 1) for b in range(1, 20) if (20 * e + b) % 3 == 0] + [(0, 20), (1, 20)]
+    start = max(p for p in have if p <= (epoch, batch))
+    assert checkpoint_position(r.checkpoint) == (0, *start)
+    valid = 2 if start[0] < epoch else 0 # the validation of the epoch the checkpoint ended: 16 items, 2 batches
+    assert r.ran == (batch - start[1] if start[0] == epoch else 20 - start[1] + valid + batch), (start, r.ran)
+    row = rec.batches.query(f"fit == 0 and phase == 'train' and epoch == {epoch} and iter == {batch}").iloc[0]
+    assert float(r.loss) == row['loss'] # the loss it computed is the one recorded, bit for bit
+    assert r.xb[0].shape == (BS, 4)
+    assert r.verdict().startswith(f'REPLAYED fit 0, epoch {epoch}, training batch {batch}')
+    assert_same_tensors(before, learn.model.state_dict()) # the learner is given back
+    assert (len(learn.reproducible.record), len(learn.reproducible.record.events)) == (n_rows, n_ev) # and the record
+    assert learn.reproducible.record is rec
+    r.restore(learn) # the state just before the batch, on request
+    assert not all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+def test_the_poisoned_batch_holds_the_nan_item(tmp_path):
+    learn = trained(tmp_path, on_anomaly='stop')
+    end = learn.reproducible.record.fits[0]['end']
+    r = learn.reproducible.replay(end['epoch'], end['iter'])
+    assert r.matched and r.loss.isnan(), r.verdict()
+    assert r.xb[0].isnan().any(dim=1).sum() == 1 # one item of the batch: item 37's NaN input
+
+def test_a_replay_that_departs_from_the_record_says_where(tmp_path):
+    "Contrast: a forward pass that draws a random number after training changes the generators it leaves"
+    learn = trained(tmp_path, poison=False)
+    forward = learn.model.forward
+    learn.model.forward = lambda x: (torch.rand(1), forward(x))[1]
+    r = learn.reproducible.replay(1, 11) # from the checkpoint before batch 10: batch 10 is replayed on the way
+    assert not r.matched and r.differs == 'fit 0, epoch 1, train batch 10 differs from the record (rng_torch_step)', r
+    assert r.verdict().startswith('REPLAYED fit 0, epoch 1, training batch 11')
+    assert 'NOT the recorded run' in r.verdict()
+
+def test_what_is_missing_is_named(tmp_path):
+    learn = trained(tmp_path, poison=False, every=25)
+    raises = lambda match: pytest.raises(ValueError, match=match)
+    with raises('no training batch 3 of epoch 5 in fit 0 .it has epochs 0 to 1, batches 0 to 19'):
+        learn.reproducible.replay(5, 3)
+    with raises(r'no checkpoint of this run at or before fit 0, epoch 0, batch 4 .*its first is at \(0, 0, 20\)'):
+        learn.reproducible.replay(0, 4)
+    with raises('fit=3, but the record holds fits 0 to 0'): learn.reproducible.replay(0, 4, fit=3)
+    plain = learner(poison=False); fit(plain)
+    with pytest.raises(ValueError, match="replay needs the run's checkpoints: train with"):
+        plain.reproducible.replay(0, 4)
+    learn.model = nn.Sequential(nn.Linear(4, 1)) # another model than the checkpoint's
+    with pytest.raises(ValueError, match='is from another model'): learn.reproducible.replay(1, 10)
+
+def test_a_batch_of_fine_tune(digits, tmp_path):
+    "Two fits from one call: fit 0 (body frozen) and fit 1; a replay of fit 0 ends the call there, and gives it back"
+    from fastai_repro.all import ReproducibleCallback
+    cb = ReproducibleCallback(21, compare_previous=False, checkpoint_every=2, checkpoint_dir=tmp_path/'ck', keep=50)
+    learn = make_learner(digits_dls(digits, seed=21, size=16), callback=False, cbs=[cb])
+    with quiet(learn): learn.fine_tune(1)
+    trains, before = [p.requires_grad for p in learn.model.parameters()], learn.model.state_dict()
+    before = {k: v.clone() for k, v in before.items()}
+    for f, (e, b) in ((0, (0, 5)), (1, (0, 3))):
+        r = learn.reproducible.replay(e, b, fit=f)
+        assert r.matched and r.fit == f, r.verdict()
+    assert [p.requires_grad for p in learn.model.parameters()] == trains # unfrozen, as fine_tune left it
+    assert_same_tensors(before, learn.model.state_dict())
