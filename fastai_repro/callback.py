@@ -8,8 +8,9 @@ import copy, os, warnings, weakref
 from pathlib import Path
 from fastcore.basics import store_attr
 from fastai.callback.core import Callback, TrainEvalCallback, CancelFitException
-from .seeding import (ReproducibilityError, ReproducibilityWarning, PREFIX, repro_warn, repro_error, check_seed, check_flag, check_count,
-    draw_seed, derive_seed, seed_generators, get_rng_state, set_rng_state, distributed, BatchSeeder)
+from .seeding import (ReproducibilityError, ReproducibilityWarning, PREFIX, repro_warn, repro_error,
+    check_seed, check_flag, check_count, draw_seed, derive_seed, seed_generators, get_rng_state, set_rng_state,
+    distributed, BatchSeeder)
 from .keyed_data import key_loaders
 from .determinism import CUBLAS_ENV, kernel_mode, kernels_late, cublas_late, lock_determinism
 from .livecheck import LiveCheck, PREVIOUS, creation_site
@@ -19,11 +20,10 @@ from .facts import fit_facts, check_ranks, live_call
 from .fastai_patches import current_entries, on_entry_exit, deterministic_pools, check_tested_versions
 from .scope import SCOPES, FitScope, fit_kind, loop_attr
 from .recorder import FitRecorder, save_new, save_for_nbcheck
-from .checkpoint import CheckpointHooks, check_resuming
+from .checkpoint import CheckpointHooks, check_resuming, checkpoint_position
 from .anomaly import AnomalyWatch, check_on_anomaly
 from .replay import BatchReplay, Replay, replay_checkpoint, replay_fit
 from .compare import OBSERVERS
-from .checkpoint import checkpoint_position
 
 # %% auto #0
 __all__ = ['ReproducibleCallback']
@@ -196,14 +196,14 @@ class ReproducibleCallback(Callback):
 
     def before_backward(self):
         "A replay (`replay`) stops at its batch, once its loss is computed and every callback saw it"
-        sc, rp = SCOPES.innermost(self), self._replay
-        if rp is not None and rp.before is not None and sc and rp.due(sc.idx, sc.rec.at): rp.capture(self.learn)
+        if (rp := self._replay) is None or rp.before is None: return # no replay under way: nothing a batch
+        if (sc := SCOPES.innermost(self)) and rp.due(sc.idx, sc.rec.at): rp.capture(self.learn)
 
     def before_step(self):
         "Before a training batch's step: watch it (`on_anomaly`); an anomaly warns, stops the fit or skips the step"
+        if self._watch is None: return # not watching: nothing a batch
         sc = SCOPES.innermost(self)
-        if self._watch is None or not sc or sc.kind != 'train' or sc.rec.at is None: return
-        self._watch(self.learn, sc.rec)
+        if sc and sc.kind == 'train' and sc.rec.at is not None: self._watch(self.learn, sc.rec)
 
     def after_cancel_fit(self):
         "A callback cancelled the fit (`CancelFitException`, e.g. `EarlyStoppingCallback`): note where, and why"
@@ -234,7 +234,7 @@ class ReproducibleCallback(Callback):
         self._hooks.start_fit(sc, self) # raises `CancelFitException` to skip a fit
         if sc.resume is None:
             sc.rec.start(lambda: dict(fit=sc.idx, seed=self.seed, fit_seed=sc.seed, **fit_facts(self.learn)))
-        self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}')
+        if distributed()[0] == 0: self.learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx}') # rank 0 logs
         self._note_call(sc.idx)
         if self._watch is not None: self._watch.start(sc.rec.record, sc.idx) # resumed: the history so far
         sc.rec.guard(self._live_check)

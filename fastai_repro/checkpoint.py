@@ -288,7 +288,8 @@ class Resume:
         old = self.record.fits[idx] if idx < len(self.record.fits) else {}
         had, now = (lambda k: self._global(old, k, 0)), (lambda k: self._global(facts, k, 1))
         for name, keys in what.items():
-            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and k not in self.unchecked and had(k) != now(k)]
+            bad = [k for k in keys if (k != 'init_weights' or idx == 0) and k not in self.unchecked
+                   and had(k) != now(k)]
             if not bad: continue
             where = json_diffs(had(bad[0]), now(bad[0]), bad[0])[0]
             raise ValueError(f"the checkpoint {self.path} is from another {name}: fit {idx} differs in "
@@ -414,7 +415,8 @@ class CheckpointHooks:
         learn = sc.learn
         if sc.idx < r.fit: # it ended before the checkpoint: skip it, and every other callback's events in it
             r.skip(sc.idx, fit_facts(learn))
-            learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx} skipped: the checkpoint is in fit {r.fit}')
+            if distributed()[0] == 0: learn.logger(f'{PREFIX}seed {self.seed}, fit {sc.idx} skipped: the checkpoint is '
+                                                   f'in fit {r.fit}')
             ran = list(learn.cbs.sorted('order')) # the callbacks after the owner in order have not run yet
             sc.hidden, learn.cbs = learn.cbs, L(ran[:ran.index(owner) + 1])
             raise CancelFitException()

@@ -22,8 +22,8 @@ __all__ = ['replay_fit', 'replay_checkpoint', 'BatchReplay', 'Replay']
 # %% ../nbs/02i_replay.ipynb #bea95dc8
 def replay_fit(record:RunRecord, fit:int|None, epoch:int, batch:int) -> int:
     "The fit whose training batch (`epoch`, `batch`) is replayed (`fit` None: the last); raise unless the record has it"
-    if not record.fits: raise ValueError('replay: the record holds no training fit; train first (with checkpoint_every=N '
-                                         'and checkpoint_dir=...), then replay a batch of it')
+    if not record.fits: raise ValueError('replay: the record holds no training fit; train first (with '
+                                         'checkpoint_every=N and checkpoint_dir=...), then replay a batch of it')
     f = len(record.fits) - 1 if fit is None else fit
     if not isinstance(f, int) or not 0 <= f < len(record.fits):
         raise ValueError(f'replay: fit={fit!r}, but the record holds fits 0 to {len(record.fits) - 1}')
@@ -97,7 +97,7 @@ class BatchReplay:
         _put(learn, self.kept)
 
     def check(self, record:RunRecord, replayed:RunRecord, start:tuple) -> tuple:
-        "(batches replayed, the first whose fingerprints differ from the record's or `None`), from `start` (epoch, batch)"
+        "(batches replayed, the first that differs from the record or `None`), from `start` (epoch, batch)"
         f, e, b = self.target
         ra, rb = (RunRecord(r.fits, frame=_span(r.batches, f, start, (e, b + 1))) for r in (record, replayed))
         j, d = batch_diffs(ra, rb)
