@@ -227,6 +227,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_repro.compare.compare': ('compare.html#compare', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare.fact': ('compare.html#fact', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare.first_divergence': ('compare.html#first_divergence', 'fastai_repro/compare.py'),
+                                      'fastai_repro.compare.global_loaders': ('compare.html#global_loaders', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare.interruption': ('compare.html#interruption', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare.json_diffs': ('compare.html#json_diffs', 'fastai_repro/compare.py'),
                                       'fastai_repro.compare.plot_divergence': ('compare.html#plot_divergence', 'fastai_repro/compare.py'),

@@ -5,7 +5,7 @@
 # %% ../nbs/02h_anomaly.ipynb #d0599455
 from __future__ import annotations
 import math, statistics
-import numpy as np, pandas as pd, torch
+import numpy as np, torch
 from fastai.callback.core import CancelFitException, CancelStepException
 from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner

@@ -13,7 +13,7 @@ from fastcore.foundation import L
 from fastai.learner import Learner
 from fastai.callback.core import CancelFitException
 from .runrecord import RunRecord, RecordError, check_folder, write_atomic
-from .compare import OBSERVERS, json_diffs, processes, without_spreaders
+from .compare import OBSERVERS, global_loaders, json_diffs, processes, without_spreaders
 from .digests import arch_digest, text_digest
 from .seeding import PREFIX, check_count, distributed, repro_error
 from .facts import contents_seen, data_facts, fit_facts
@@ -301,9 +301,7 @@ class Resume:
         v = _setup(facts, key)
         if self.worlds[0] == self.worlds[1] or key not in ('dataloaders', 'callbacks'): return v
         if key == 'callbacks': return without_spreaders(v) # fastai's `DistributedTrainer`: on 2 processes only
-        if not isinstance(v, list): return v
-        n = self.worlds[side] # on another number of processes, a global batch is kept: bs times the processes
-        return [{**d, 'bs': d['bs'] * n} if isinstance(d, dict) and type(d.get('bs')) is int else d for d in v]
+        return global_loaders(v, self.worlds[side]) # on another number of processes the global batch is kept
 
     def check_batch(self, facts:dict):
         "On another number of processes, raise unless the global training batch (bs times the processes) is kept"

@@ -11,9 +11,9 @@ from .runrecord import RunRecord, BATCH_KEYS, DIGEST_KEYS
 from .determinism import PORTABLE_ENV
 
 # %% auto #0
-__all__ = ['FACTS', 'OBSERVERS', 'SPREADERS', 'INTENDED', 'FIXES', 'without_spreaders', 'fact', 'json_diffs', 'Divergence',
-           'batch_columns', 'batch_diffs', 'first_divergence', 'Comparison', 'interruption', 'processes', 'compare',
-           'plot_divergence']
+__all__ = ['FACTS', 'OBSERVERS', 'SPREADERS', 'INTENDED', 'FIXES', 'global_loaders', 'without_spreaders', 'fact', 'json_diffs',
+           'Divergence', 'batch_columns', 'batch_diffs', 'first_divergence', 'Comparison', 'interruption', 'processes',
+           'compare', 'plot_divergence']
 
 # %% ../nbs/02_compare.ipynb #3ce08591
 _ENV_PARTS = ('kernels', 'threads', 'flags', 'precision', 'world_size') # compared apart from the rest of the env
@@ -28,6 +28,11 @@ FACTS = { # component -> (in the fit's facts or its `env`, the keys; `None`: the
 OBSERVERS = ('fastai.callback.progress.ProgressCallback', 'fastai.callback.progress.ShowGraphCallback',
              'fastai.callback.progress.CSVLogger') # fastai's callbacks that only watch: `no_bar()` changes no number
 SPREADERS = ('fastai.distributed.DistributedTrainer',) # what spreads a fit over processes: the world size says it
+
+def global_loaders(loaders, n:int):
+    "A fit's loader settings with each batch size times `n`, the processes: the batch of all processes together"
+    if not isinstance(loaders, list): return loaders
+    return [{**d, 'bs': d['bs'] * n} if isinstance(d, dict) and type(d.get('bs')) is int else d for d in loaders]
 
 def without_spreaders(cbs):
     "The callbacks of a fit's facts less those in `SPREADERS` (compared when the world sizes differ)"
@@ -46,10 +51,8 @@ def fact(comp:str, f:dict) -> dict:
         res['callbacks'] = [c for c in res['callbacks'] or []
                             if not (isinstance(c, dict) and c.get('name') in OBSERVERS)]
     if comp == 'world_size': res['world_size'] = res['world_size'] or 1 # one process: no world size recorded
-    if comp == 'dataloader' and isinstance(res['dataloaders'], list): # batch sizes of all processes together
-        n = (f.get('env') or {}).get('world_size') or 1
-        res['dataloaders'] = [{**d, 'bs': d['bs'] * n} if isinstance(d, dict) and type(d.get('bs')) is int else d
-                              for d in res['dataloaders']]
+    if comp == 'dataloader': # the batch sizes of all processes together
+        res['dataloaders'] = global_loaders(res['dataloaders'], (f.get('env') or {}).get('world_size') or 1)
     return res
 
 def _carried(fits:list, i:int) -> bool:

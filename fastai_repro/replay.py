@@ -54,10 +54,10 @@ def _detached(b):
 
 def _span(df:pd.DataFrame, fit:int, start:tuple, end:tuple) -> pd.DataFrame:
     "The rows of fit `fit` from training batch `start` (epoch, batch) up to, not with, training batch `end`"
-    key = list(zip(df['epoch'], (df['phase'] != 'train').astype(int), df['iter']))
-    inside = [(df['fit'].iloc[i] == fit) and (start[0], 0, start[1]) <= k < (end[0], 0, end[1])
-              for i, k in enumerate(key)]
-    return df[inside] if len(df) else df
+    if not len(df): return df
+    e, v, i = df['epoch'].to_numpy(), (df['phase'] != 'train').to_numpy(dtype=int), df['iter'].to_numpy()
+    after = lambda p: (e > p[0]) | ((e == p[0]) & ((v > 0) | (i >= p[1]))) # at or after training batch p
+    return df[(df['fit'].to_numpy() == fit) & after(start) & ~after(end)]
 
 _LOOP = ('epoch', 'iter', 'n_epoch', 'n_iter', 'training', 'dl', 'xb', 'yb', 'pred', 'loss', 'smooth_loss')
 
@@ -70,9 +70,9 @@ def _snapshot(learn:Learner) -> tuple:
 
 def _put(learn:Learner, snap:tuple):
     "Put `learn` back as `_snapshot` took it"
-    st, grads, modes, loop = snap
+    st, trains, modes, loop = snap
     restore_learner(learn, st)
-    for p, g in zip(learn.model.parameters(), grads): p.requires_grad_(g)
+    for p, t in zip(learn.model.parameters(), trains): p.requires_grad_(t)
     for x, t in zip(learn.model.modules(), modes): x.training = t
     learn.__dict__.update(loop)
 
