@@ -10,7 +10,7 @@ __all__ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'deri
            'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal', 'arch_digest',
            'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison', 'Divergence',
            'plot_divergence', 'fit_kind', 'open_scopes', 'reset_scopes', 'ReproducibleCallback', 'checkpoints',
-           'read_checkpoint', 'make_digits_folder', 'digits_dls', 'is_upper']
+           'read_checkpoint', 'Replay', 'Attribution', 'make_digits_folder', 'digits_dls', 'is_upper']
 
 # %% ../nbs/06_all.ipynb #a0f49236
 from .seeding import (ReproducibilityWarning, ReproducibilityError, check_seed, derive_seed, draw_seed,
@@ -27,6 +27,7 @@ from .scope import fit_kind, open_scopes, reset_scopes
 from .callback import ReproducibleCallback
 from .checkpoint import checkpoints, read_checkpoint
 from .replay import Replay
+from .attribution import Attribution
 from .data import make_digits_folder, digits_dls, is_upper
 
 # %% ../nbs/06_all.ipynb #02441290
@@ -38,5 +39,6 @@ _all_ = ['ReproducibilityWarning', 'ReproducibilityError', 'check_seed', 'derive
          'RunRecord', 'RecordError', 'tensor_digest', 'tensors_digest', 'weights_digest', 'weights_equal',
          'arch_digest', 'generator_fingerprints', 'environment', 'data_facts', 'fit_facts', 'compare', 'Comparison',
          'Divergence', 'plot_divergence',
-         'fit_kind', 'open_scopes', 'reset_scopes', 'ReproducibleCallback', 'checkpoints', 'read_checkpoint',
+         'fit_kind', 'open_scopes', 'reset_scopes', 'ReproducibleCallback', 'checkpoints', 'read_checkpoint', 'Replay',
+         'Attribution',
          'make_digits_folder', 'digits_dls', 'is_upper']

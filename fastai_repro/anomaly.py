@@ -32,20 +32,20 @@ def grad_norm(params) -> torch.Tensor|None:
     if hasattr(torch.nn.utils, 'get_total_norm'): return torch.nn.utils.get_total_norm(grads) # torch 2.6 and later
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
-def spike(history:list, x:float) -> tuple|None:
-    "(median, robust std) of `history` when `x` lies more than `Z` robust stds above the median; else `None`"
-    if len(history) < LEAST or not math.isfinite(x): return None
+def spike(history:list, x:float, least:int=LEAST) -> tuple|None:
+    "(median, robust std) of `history` (at least `least` values) when `x` lies `Z` robust stds above its median"
+    if len(history) < least or not math.isfinite(x): return None
     med = statistics.median(history)
     scale = max(1.4826 * statistics.median(abs(v - med) for v in history), 0.01 * abs(med), 1e-12)
     return (med, scale) if x > med + Z * scale else None
 
 # %% ../nbs/02h_anomaly.ipynb #e44ae54e
-def _words(what:str, kind:str, v:float, stat:tuple|None, n:int) -> str:
+def _words(what:str, kind:str, v:float, stat:tuple|None) -> str:
     "What is anomalous about a batch, in words"
     name = 'loss' if what == 'loss' else 'gradient norm'
     if kind == 'non-finite': return f'the {name} is not finite ({v})'
     z = (v - stat[0]) / stat[1]
-    return f'the {name} {v:.4g} is {z:.1f} robust stds above the median {stat[0]:.4g} of the last {n}'
+    return f'the {name} {v:.4g} is {z:.1f} robust stds above the median {stat[0]:.4g} of the last {stat[2]}'
 
 _RANKS = ('training goes on: in distributed training only the gradient norm, the same on every rank after the '
           'reduction, stops the fit or skips the step (the loss differs by rank)')
@@ -56,7 +56,8 @@ _DOES = dict(warn="training goes on (on_anomaly='stop' ends the fit there, 'skip
 
 class AnomalyWatch:
     "A training fit's watch on each batch's loss and gradient norm (`on_anomaly`: `action` is warn, stop or skip)"
-    def __init__(self, action:str): self.action, self.history, self.count, self.stopped = action, [], 0, None
+    def __init__(self, action:str):
+        self.action, self.history, self.count, self.stopped, self.kept = action, [], 0, None, [] # kept: `before`
 
     def start(self, record:RunRecord, idx:int):
         "Training fit `idx` starts; resumed, it takes back its history from its batches in `record`"
@@ -67,13 +68,29 @@ class AnomalyWatch:
         ok = rows[np.isfinite(rows['loss'].astype(float)) & np.isfinite(rows['grad_norm'].astype(float))]
         self.history = list(zip(ok['loss'].astype(float), ok['grad_norm'].astype(float)))[-WINDOW:]
 
+    def before(self, model:torch.nn.Module):
+        "Before a training batch's forward pass, to skip or stop: keep `model`'s buffers (BatchNorm's statistics)"
+        if self.action == 'warn': return
+        bufs = list(model.buffers())
+        if [b.shape for b in bufs] != [k.shape for k in self.kept]: self.kept = [b.detach().clone() for b in bufs]
+        else:
+            for k, b in zip(self.kept, bufs): k.copy_(b) # into the copies of the last batch: no new allocation
+
+    def _give_back(self, model:torch.nn.Module):
+        "A skipped step or a stop updates nothing: the buffers go back to what they held before the forward pass"
+        bufs = list(model.buffers())
+        if [b.shape for b in bufs] == [k.shape for k in self.kept]:
+            with torch.no_grad():
+                for b, k in zip(bufs, self.kept): b.copy_(k)
+
     def judge(self, loss:float, norm:float|None) -> list:
         "The anomalies of a batch with `loss` and gradient norm `norm`: [(what, kind, value, (median, std) or None)]"
         found = []
         for k, (what, v) in enumerate((('loss', loss), ('grad_norm', norm))):
             if v is None: continue
             if not math.isfinite(v): found.append((what, 'non-finite', v, None))
-            elif (s := spike([h[k] for h in self.history], v)) is not None: found.append((what, 'spike', v, s))
+            elif (s := spike([h[k] for h in self.history], v)) is not None:
+                found.append((what, 'spike', v, (*s, len(self.history)))) # judged against that many
         return found
 
     def __call__(self, learn:Learner, rec):
@@ -88,7 +105,7 @@ class AnomalyWatch:
             if norm_v is not None: rec.row['grad_norm'] = norm_v
             if norm_v is not None and math.isfinite(loss_v) and math.isfinite(norm_v):
                 self.history = (self.history + [(loss_v, norm_v)])[-WINDOW:]
-        if found: self._act(rec, found, scaled)
+        if found: self._act(rec, found, scaled, learn.model)
 
     def _action(self, found:list, scaled:bool) -> tuple:
         "(what to do, why in words): a step is skipped or a fit stopped only where every process decides alike"
@@ -97,10 +114,10 @@ class AnomalyWatch:
         if scaled and self.action == 'skip': return 'warn', _SCALED
         return self.action, _DOES[self.action]
 
-    def _act(self, rec, found:list, scaled:bool=False):
-        "Record the anomalies `found` in the batch under way, warn at the fit's first, stop or skip"
+    def _act(self, rec, found:list, scaled:bool=False, model:torch.nn.Module|None=None):
+        "Record the anomalies `found` in the batch under way, warn at the fit's first, stop or skip (`model`'s step)"
         epoch, _, it = rec.at
-        what = '; '.join(_words(w, k, v, s, len(self.history)) for w, k, v, s in found)
+        what = '; '.join(_words(w, k, v, s) for w, k, v, s in found)
         act, does = self._action(found, scaled)
         msg = f'anomaly at fit {rec.idx}, epoch {epoch}, training batch {it}: {what}; {does}'
         self.count += 1
@@ -110,6 +127,7 @@ class AnomalyWatch:
                                                       median=s and s[0], std=s and s[1]) for w, k, v, s in found],
                                           message=msg))
         if self.count == 1: repro_warn(msg)
+        if act != 'warn' and model is not None: self._give_back(model) # no update at all
         if act == 'skip': raise CancelStepException()
         if act == 'stop': self.stopped = f'anomaly: {what}'; raise CancelFitException()
 

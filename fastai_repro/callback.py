@@ -20,9 +20,10 @@ from .facts import fit_facts, check_ranks, live_call
 from .fastai_patches import current_entries, on_entry_exit, deterministic_pools, check_tested_versions
 from .scope import SCOPES, FitScope, fit_kind, loop_attr
 from .recorder import FitRecorder, save_new, save_for_nbcheck
-from .checkpoint import CheckpointHooks, check_resuming, checkpoint_position
+from .checkpoint import CheckpointHooks, check_resuming, checkpoint_position, checkpoints
 from .anomaly import AnomalyWatch, check_on_anomaly
 from .replay import BatchReplay, Replay, replay_checkpoint, replay_fit
+from .attribution import Attribution, attribute
 from .compare import OBSERVERS
 
 # %% auto #0
@@ -175,6 +176,7 @@ class ReproducibleCallback(Callback):
             if at[1]: self._hooks.before_batch(sc, at[2])
             sc.seeder(at[1], at[2])
         sc.rec.begin(at, learn)
+        if self._watch is not None and at[1]: self._watch.before(learn.model) # 'stop', 'skip': BatchNorm's stats back
         if self._replay is not None and self._replay.due(sc.idx, at): self._replay.begin(learn)
 
     def after_cancel_batch(self):
@@ -296,7 +298,14 @@ class ReproducibleCallback(Callback):
             set_rng_state(rng, self.dls) # the generators as they were: the replay is invisible
         ran, differs = rp.check(self.record, replayed, checkpoint_position(rp.path)[1:])
         got = rp.got or dict(xb=(), yb=(), loss=None)
-        return Replay(f, epoch, batch, rp.path, ran, differs, got['xb'], got['yb'], got['loss'], rp.before)
+        return Replay(f, epoch, batch, rp.path, ran, differs, got['xb'], got['yb'], got['loss'], rp.before, rp.rng,
+                      rp.items, rp.seeds)
+
+    def explain(self, epoch:int, batch:int, fit:int|None=None, earlier=None, item_grads:int=16) -> Attribution:
+        "Replay training batch `batch` of `epoch` (`replay`), and tell why its loss is what it is (`attribute`)"
+        rp, ck = self.replay(epoch, batch, fit), self._hooks.ckpt
+        return attribute(self.learn, rp, self.record, checkpoints(ck.folder, run=ck.run, part=None),
+                         self.deterministic, item_grads, earlier)
 
     def _save(self):
         "Save the record: into the file of this run's first save, or a new one in `save_to`"

@@ -103,8 +103,8 @@ def _unplain(o, dev):
     if isinstance(o, (list, tuple)): return type(o)(_unplain(v, dev) for v in o)
     return o.to(dev) if isinstance(o, torch.Tensor) else o
 
-def restore_learner(learn:Learner, st:dict):
-    "Put `learn` in the state `learner_state` took: weights, optimizer, position, callbacks, metrics"
+def restore_learner(learn:Learner, st:dict, absent_ok:bool=False):
+    "Put `learn` in the state `learner_state` took; `absent_ok`: outside the fit, its call's own callbacks are gone"
     dev = next((p.device for p in learn.model.parameters()), torch.device('cpu'))
     bare, sd = _bare(learn.model), st['model'] # written under DDP before its wrapper was left out: `module.` names
     if sd and all(k.startswith('module.') for k in sd) and not any(k.startswith('module.') for k in bare.state_dict()):
@@ -115,7 +115,8 @@ def restore_learner(learn:Learner, st:dict):
     kept = dict(st['callbacks'])
     for cb, k, _ in _keys(learn):
         for n, v in kept.pop(k, {}).items(): cb.__dict__[n] = _unplain(v, dev)
-    if kept: raise ValueError(f'the checkpoint holds the state of callbacks this learner lacks: {sorted(kept)}')
+    if kept and not absent_ok: # `fit_one_cycle`'s scheduler, say: a state for a fit of that call
+        raise ValueError(f'the checkpoint holds the state of callbacks this learner lacks: {sorted(kept)}')
     params = list(learn.model.parameters()) # no gradients summed at the checkpoint: none left from before it either
     for p, g in zip(params, st['grads'] or [None] * len(params)): p.grad = None if g is None else g.to(p.device)
     if st['scaler'] and learn.__dict__.get('scaler') is not None: learn.scaler.load_state_dict(st['scaler'])

@@ -12,12 +12,14 @@ import pandas as pd, torch
 from fastai.callback.core import CancelFitException
 from fastai.learner import Learner
 from .runrecord import RunRecord
+from .seeding import get_rng_state
+from .keyed_data import loader_keys
 from .compare import batch_diffs
 from .checkpoint import checkpoints, checkpoint_position
 from .learner_state import learner_state, restore_learner
 
 # %% auto #0
-__all__ = ['replay_fit', 'replay_checkpoint', 'BatchReplay', 'Replay']
+__all__ = ['replay_fit', 'replay_checkpoint', 'batch_items', 'learner_snapshot', 'put_learner', 'BatchReplay', 'Replay']
 
 # %% ../nbs/02i_replay.ipynb #bea95dc8
 def replay_fit(record:RunRecord, fit:int|None, epoch:int, batch:int) -> int:
@@ -59,33 +61,44 @@ def _span(df:pd.DataFrame, fit:int, start:tuple, end:tuple) -> pd.DataFrame:
     after = lambda p: (e > p[0]) | ((e == p[0]) & ((v > 0) | (i >= p[1]))) # at or after training batch p
     return df[(df['fit'].to_numpy() == fit) & after(start) & ~after(end)]
 
+def batch_items(dl, pos:int) -> tuple:
+    "(indices in its data set, item seeds) of batch `pos` of `dl`'s pass under way; `None` where unknown"
+    idxs, bs = dl.__dict__.get('_DataLoader__idxs'), getattr(dl, 'bs', None) # fastai's order for the pass
+    if idxs is None or not bs: return None, None
+    idxs = list(idxs[pos * bs:(pos + 1) * bs])
+    keys = loader_keys(dl)
+    return idxs, ([keys.item_seed(i) for i in idxs] if keys is not None and keys.dl.indexed else None)
+
 _LOOP = ('epoch', 'iter', 'n_epoch', 'n_iter', 'training', 'dl', 'xb', 'yb', 'pred', 'loss', 'smooth_loss')
 
-def _snapshot(learn:Learner) -> tuple:
-    "All a replay changes in `learn`: its state (`learner_state`), which parameters train, modules' modes, loop values"
+def learner_snapshot(learn:Learner) -> tuple:
+    "All a replay changes in `learn`: its state (`learner_state`), gradients, what trains, modules' modes, loop values"
     m = learn.model
     return (copy.deepcopy(learner_state(learn)), # copies: a state taken for a file holds the live tensors
-            [p.requires_grad for p in m.parameters()], [x.training for x in m.modules()],
-            {k: learn.__dict__[k] for k in _LOOP if k in learn.__dict__})
+            [(p.requires_grad, None if p.grad is None else p.grad.detach().clone()) for p in m.parameters()],
+            [x.training for x in m.modules()], {k: learn.__dict__[k] for k in _LOOP if k in learn.__dict__})
 
-def _put(learn:Learner, snap:tuple):
-    "Put `learn` back as `_snapshot` took it"
+def put_learner(learn:Learner, snap:tuple):
+    "Put `learn` back as `learner_snapshot` took it"
     st, trains, modes, loop = snap
-    restore_learner(learn, st)
-    for p, t in zip(learn.model.parameters(), trains): p.requires_grad_(t)
+    restore_learner(learn, st, absent_ok=True) # the fit's own callbacks (a scheduler) may be gone by now
+    for p, (t, g) in zip(learn.model.parameters(), trains): p.requires_grad_(t); p.grad = g
     for x, t in zip(learn.model.modules(), modes): x.training = t
     learn.__dict__.update(loop)
 
 class BatchReplay:
     "What the callback does while it replays: stop at `target` (fit, epoch, batch); keep the state before it, the batch"
     def __init__(self, target:tuple, path:Path, learn:Learner):
-        self.target, self.path, self.before, self.got, self.kept = target, path, None, None, _snapshot(learn)
+        self.target, self.path, self.before, self.got, self.kept = target, path, None, None, learner_snapshot(learn)
+        self.rng, self.items, self.seeds = None, None, None
     def due(self, idx:int, at:tuple) -> bool:
         "Whether batch `at` (epoch, training, iter) of fit `idx` is the one to replay"
         return bool(at[1]) and (idx, at[0], at[2]) == self.target
     def begin(self, learn:Learner):
-        "The batch to replay begins: keep `learn`'s state from before it"
-        self.before = _snapshot(learn)
+        "The batch to replay begins (its draws keyed): keep `learn`'s state, the generators, which items it holds"
+        self.before, self.rng = learner_snapshot(learn), get_rng_state()
+        ck = checkpoint_position(self.path)
+        self.items, self.seeds = batch_items(learn.dl, learn.iter - (ck[2] if ck[1] == self.target[1] else 0))
     def capture(self, learn:Learner):
         "Its loss is computed (every callback's `after_loss` ran): keep the batch and the loss, and end the fit"
         self.got = dict(xb=_detached(learn.xb), yb=_detached(learn.yb), loss=_detached(learn.loss))
@@ -94,7 +107,7 @@ class BatchReplay:
     def done(self) -> bool: return self.got is not None
     def put_back(self, learn:Learner):
         "Give `learn` back the state it had before the replay"
-        _put(learn, self.kept)
+        put_learner(learn, self.kept)
 
     def check(self, record:RunRecord, replayed:RunRecord, start:tuple) -> tuple:
         "(batches replayed, the first that differs from the record or `None`), from `start` (epoch, batch)"
@@ -106,7 +119,9 @@ class BatchReplay:
         d.loc[last, [c for c in d.columns if c in ('loss', 'cancelled') or c.endswith('_step')]] = False # after it
         ran = int((~last).sum())
         if self.got is None: return ran, f'the replay did not reach it (it ran {ran} batches)'
-        if not d.any(axis=None): return ran, self._loss_differs(j[last])
+        end = record.fits[f].get('end') or {} # a fit stopped in this batch's step: its row holds no loss
+        stopped = (end.get('epoch'), end.get('phase'), end.get('iter')) == (e, 'train', b)
+        if not d.any(axis=None): return ran, None if stopped else self._loss_differs(j[last])
         i = d.any(axis=1).idxmax(); r = j.loc[i]
         cols = ', '.join(c for c in d.columns if d.loc[i, c])
         return ran, f"fit {f}, epoch {r['epoch']}, {r['phase']} batch {r['iter']} differs from the record ({cols})"
@@ -126,6 +141,9 @@ class Replay:
     fit:int; epoch:int; batch:int; checkpoint:Path; ran:int; differs:str|None
     xb:tuple = field(repr=False); yb:tuple = field(repr=False); loss:torch.Tensor|None = field(repr=False)
     state:tuple|None = field(repr=False) # the learner's state just before the batch
+    rng:dict|None = field(default=None, repr=False) # the generators as the batch began (`get_rng_state`)
+    items:list|None = field(default=None, repr=False) # the indices of its items in the data set, in the batch's order
+    seeds:list|None = field(default=None, repr=False) # each item's seed (its item transforms drew from it)
 
     @property
     def matched(self) -> bool: return self.differs is None
@@ -133,7 +151,7 @@ class Replay:
     def restore(self, learn:Learner):
         "Put `learn` in the state it had just before this batch (weights, optimizer, what trains, modes)"
         if self.state is None: raise ValueError('the replay did not reach its batch: there is no state to put back')
-        _put(learn, self.state)
+        put_learner(learn, self.state)
 
     def verdict(self) -> str:
         "One line: the batch, where the replay started, and whether every fingerprint on the way equals the record's"

@@ -85,6 +85,8 @@ def test_a_spike_is_told_from_a_non_finite_loss():
     first = anomalies(learn)[0]
     assert where(first) == (1, 5) or where(first) == (1, 6), first # the first batch (or the one after) at lr 40
     assert {f['kind'] for f in first['found']} == {'spike'}, first
+    n = 20 + first['iter'] # the batches before it: the message said one more, the batch itself, before
+    assert f'of the last {n};' in first['message'] or f'of the last {n}:' in first['message'], first['message']
     assert anomalies(learner('warn', poison=False)) == [] # lr unchanged: no spike
 
 def test_watching_changes_nothing_when_nothing_happens():
@@ -134,3 +136,22 @@ def test_skip_leaves_steps_to_the_scaler_and_stops_alike_on_every_rank(monkeypat
         model.bias.grad = torch.tensor([float('inf')]) # the gradients: the same on every rank
         with pytest.raises(CancelStepException): anomaly.AnomalyWatch('skip')(plain, rec)
         assert rec.record.events[-1]['action'] == 'skip'
+
+def test_skip_leaves_the_batchnorm_statistics_as_they_were():
+    """A skipped step makes no update at all: the forward pass of the poisoned batch put NaN into BatchNorm's running
+    statistics, and without them given back every later evaluation (and each `model.eval()`) is NaN"""
+    def bn(on_anomaly, poison=True):
+        learn = learner(on_anomaly, poison=poison, cbs=[seen := Poisoned()])
+        learn.model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        return learn, seen
+    skipped, seen = bn('skip'); fit(skipped, 1)
+    assert len(seen.seen) == 1 and [where(e) for e in anomalies(skipped)] == seen.seen
+    assert all(torch.isfinite(b).all() for b in skipped.model.buffers()), list(skipped.model.buffers())
+    assert all(torch.isfinite(p).all() for p in skipped.model.parameters())
+    warned, _ = bn('warn'); fit(warned, 1) # the contrast: not skipped, the statistics hold the NaN
+    assert not all(torch.isfinite(b).all() for b in warned.model.buffers())
+    steps = skipped.model[1].num_batches_tracked.item()
+    assert steps == 19, steps # 20 batches, one skipped: not counted either
+    stopped, seen = bn('stop'); fit(stopped, 1) # stopped there: the model as it was before that batch
+    assert all(torch.isfinite(b).all() for b in stopped.model.buffers())
+    assert stopped.model[1].num_batches_tracked.item() == seen.seen[0][1]

@@ -4,9 +4,8 @@ back as it was; what it cannot do it says, naming what is missing."""
 import random, os
 import pytest, torch
 from torch import nn
-from fastai_repro.all import make_digits_folder
-from helpers import assert_same_tensors, make_learner, quiet
-from test_anomaly import N, BS, POISON, fit, learner
+from helpers import assert_same_tensors, make_learner, quiet, quiet_fit
+from test_anomaly import BS, fit, learner
 from fastai_repro.data import digits_dls
 from fastai_repro.checkpoint import checkpoint_position
 
@@ -20,6 +19,7 @@ def test_a_replayed_batch_matches_the_record(tmp_path):
     learn = trained(tmp_path, poison=False)
     rec = learn.reproducible.record
     before, n_rows, n_ev = {k: v.clone() for k, v in learn.model.state_dict().items()}, len(rec), len(rec.events)
+    learn.model.weight.grad, learn.model.bias.grad = torch.full_like(learn.model.weight, 7.), None # the user's: kept
     epoch, batch = random.Random(os.urandom(8)).choice([(e, b) for e in (0, 1) for b in range(20) if e or b >= 3])
     r = learn.reproducible.replay(epoch, batch)
     assert r.matched, r.verdict()
@@ -35,6 +35,8 @@ def test_a_replayed_batch_matches_the_record(tmp_path):
     assert r.xb[0].shape == (BS, 4)
     assert r.verdict().startswith(f'REPLAYED fit 0, epoch {epoch}, training batch {batch}')
     assert_same_tensors(before, learn.model.state_dict()) # the learner is given back
+    assert torch.equal(learn.model.weight.grad, torch.full_like(learn.model.weight, 7.))
+    assert learn.model.bias.grad is None
     assert (len(learn.reproducible.record), len(learn.reproducible.record.events)) == (n_rows, n_ev) # and the record
     assert learn.reproducible.record is rec
     r.restore(learn) # the state just before the batch, on request
@@ -46,6 +48,15 @@ def test_the_poisoned_batch_holds_the_nan_item(tmp_path):
     r = learn.reproducible.replay(end['epoch'], end['iter'])
     assert r.matched and r.loss.isnan(), r.verdict()
     assert r.xb[0].isnan().any(dim=1).sum() == 1 # one item of the batch: item 37's NaN input
+
+def test_a_batch_where_a_fit_stopped_for_a_spike_matches(tmp_path):
+    "`on_anomaly='stop'` ends the fit after the batch's loss, before its row has one: there is no loss to compare"
+    from test_anomaly import Bump
+    learn = trained(tmp_path, poison=False, on_anomaly='stop', cbs=[Bump((1, 5))])
+    end = learn.reproducible.record.fits[0]['end']
+    assert end['status'] == 'cancelled' and end['reason'].startswith('anomaly: the loss'), end
+    r = learn.reproducible.replay(end['epoch'], end['iter'])
+    assert r.matched and torch.isfinite(r.loss), r.verdict() # a finite spike, not a NaN like the record's missing loss
 
 def test_a_replay_that_departs_from_the_record_says_where(tmp_path):
     "Contrast: a forward pass that draws a random number after training changes the generators it leaves"
@@ -84,3 +95,13 @@ def test_a_batch_of_fine_tune(digits, tmp_path):
         assert r.matched and r.fit == f, r.verdict()
     assert [p.requires_grad for p in learn.model.parameters()] == trains # unfrozen, as fine_tune left it
     assert_same_tensors(before, learn.model.state_dict())
+
+def test_the_state_before_a_batch_of_fit_one_cycle_can_be_put_back(tmp_path):
+    "`fit_one_cycle` adds its scheduler for the fit alone: the state before the batch holds it, the learner after not"
+    learn = learner(poison=False, checkpoint_every=3, checkpoint_dir=tmp_path/'ck', keep=50)
+    quiet_fit(learn, 2, 0.05, how="fit_one_cycle")
+    r = learn.reproducible.replay(1, 4)
+    assert r.matched, r.verdict()
+    r.restore(learn) # the weights and the optimizer's state just before the batch; the scheduler's is the fit's own
+    row = learn.reproducible.record.batches.query("phase == 'train' and epoch == 1 and iter == 4").iloc[0]
+    assert float(learn.loss_func(learn.model(*r.xb), *r.yb)) == row['loss']
