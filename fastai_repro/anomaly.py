@@ -54,6 +54,10 @@ _SCALED = ("training goes on: under mixed precision the gradient scaler skips a 
 _DOES = dict(warn="training goes on (on_anomaly='stop' ends the fit there, 'skip' skips such steps)",
              stop="the fit stops here (on_anomaly='stop')", skip="its step is skipped: no update (on_anomaly='skip')")
 
+def _buffers(model:torch.nn.Module) -> list:
+    "`model`'s buffers that hold values (a lazy module's are not there before its first batch)"
+    return [b for b in model.buffers() if not isinstance(b, torch.nn.parameter.UninitializedBuffer)]
+
 class AnomalyWatch:
     "A training fit's watch on each batch's loss and gradient norm (`on_anomaly`: `action` is warn, stop or skip)"
     def __init__(self, action:str):
@@ -71,14 +75,14 @@ class AnomalyWatch:
     def before(self, model:torch.nn.Module):
         "Before a training batch's forward pass, to skip or stop: keep `model`'s buffers (BatchNorm's statistics)"
         if self.action == 'warn': return
-        bufs = list(model.buffers())
+        bufs = _buffers(model)
         if [b.shape for b in bufs] != [k.shape for k in self.kept]: self.kept = [b.detach().clone() for b in bufs]
         else:
             for k, b in zip(self.kept, bufs): k.copy_(b) # into the copies of the last batch: no new allocation
 
     def _give_back(self, model:torch.nn.Module):
         "A skipped step or a stop updates nothing: the buffers go back to what they held before the forward pass"
-        bufs = list(model.buffers())
+        bufs = _buffers(model)
         if [b.shape for b in bufs] == [k.shape for k in self.kept]:
             with torch.no_grad():
                 for b, k in zip(bufs, self.kept): b.copy_(k)

@@ -12,14 +12,14 @@ import numpy as np, pandas as pd, torch
 from fastai.learner import Learner
 from .runrecord import RunRecord
 from .seeding import isolate_rng
-from .anomaly import spike, WINDOW, Z
+from .anomaly import spike, WINDOW, LEAST, Z
 from .checkpoint import checkpoint_position, read_checkpoint
 from .replay import Replay, learner_snapshot, put_learner
-from fastai_repro.batch_runs import (tensors_in, all_finite, n_items, run_autocast, run_batch, run_twice, run_alone,
+from fastai_repro.batch_runs import (same, tensors_in, all_finite, n_items, run_batch, run_twice, run_alone,
     item_source, item_tfms)
 
 # %% auto #0
-__all__ = ['train_rows', 'odd', 'outliers', 'pick_earlier', 'gather', 'Attribution', 'attribute']
+__all__ = ['train_rows', 'odd', 'outliers', 'some', 'check_explain', 'pick_earlier', 'gather', 'Attribution', 'attribute']
 
 # %% ../nbs/02k_attribution.ipynb #d6b99aff
 def train_rows(record:RunRecord, fit:int) -> pd.DataFrame:
@@ -36,11 +36,11 @@ def _finite_col(rows:pd.DataFrame, col:str) -> list:
     "The finite values of column `col` of `rows`"
     return [] if col not in rows else [v for v in rows[col].astype(float) if math.isfinite(v)]
 
-def odd(history:list, x:float|None, least:int=3) -> str|None:
-    "How `x` is anomalous against `history` in words (not finite, or a spike: `spike`); `None` if it is not"
+def odd(history:list, x:float|None) -> str|None:
+    "How `x` is anomalous against `history` in words (not finite, or a `spike`); `None` if it is not, or unknown"
     if x is None: return None
     if not math.isfinite(x): return f'{x} (not finite)'
-    s = spike(history, x, least)
+    s = spike(history, x) # at least `LEAST` values, as the watch judges
     return None if s is None else f'{x:.4g}, {(x - s[0]) / s[1]:.1f} robust stds above the median {s[0]:.4g}'
 
 def outliers(items:list) -> list:
@@ -51,23 +51,43 @@ def outliers(items:list) -> list:
     scale = max(1.4826 * float(np.median([abs(v - med) for v in vals])), 0.01 * abs(med), 1e-12)
     return [k for k, v in enumerate(items) if v is not None and math.isfinite(v) and v > med + Z * scale]
 
-def pick_earlier(candidates:list, at:tuple, earlier=None) -> Path|None:
-    "The checkpoint whose state the batch is run on too: `earlier`, else the fit's earliest kept before `at`"
+def some(flags:list) -> list:
+    "The positions where `flags` is true, when some but not all are (an item to blame, not the whole batch)"
+    ks = [k for k, f in enumerate(flags) if f]
+    return ks if 0 < len(ks) < len(flags) else []
+
+def check_explain(item_grads, earlier, candidates:list):
+    "Raise, naming the value and the fix, unless `item_grads` is a count and `earlier` is `None` or a checkpoint"
+    if type(item_grads) is not int or item_grads < 0:
+        raise ValueError(f'item_grads={item_grads!r}: the number of items whose gradient norm is computed, 0 for none')
+    if earlier is not None and (not Path(earlier).is_file() or checkpoint_position(earlier) is None):
+        raise ValueError(f'earlier={str(earlier)!r}: not a checkpoint file of this run; pass one of '
+                         f'{[c.name for c in candidates][:5]} (checkpoints(dir) lists them) or None')
+
+def pick_earlier(candidates:list, rows:pd.DataFrame, at:tuple, earlier=None) -> Path|None:
+    "The checkpoint whose state the batch also runs on: `earlier`, else the fit's latest `WINDOW` batches before `at`"
     if earlier is not None:
-        p = Path(earlier)
-        if not p.exists(): raise ValueError(f'earlier={earlier!r}: no such checkpoint file; pass one of '
-                                            f'{[c.name for c in candidates][:5]} or None (the earliest kept)')
-        return p
+        pos = checkpoint_position(earlier)
+        if pos[0] != at[0] or pos[1:] >= at[1:]:
+            raise ValueError(f'earlier={str(earlier)!r}: a checkpoint at {pos} (fit, epoch, batch), not of fit {at[0]} '
+                             f'before epoch {at[1]}, batch {at[2]}; pass one of this fit before the batch')
+        return Path(earlier)
     found = [p for p in candidates if checkpoint_position(p)[0] == at[0] and checkpoint_position(p)[1:] < at[1:]]
-    return found[0] if found else None
+    far = [p for p in found if _before(rows, at[1:]).sum() - _before(rows, checkpoint_position(p)[1:]).sum() >= WINDOW]
+    return (far or found or [None])[-1 if far else 0] # far enough from the batch; else the earliest kept
 
 # %% ../nbs/02k_attribution.ipynb #b4e198ac
 def _item_words(items:pd.DataFrame, ks:list) -> str:
-    "Items at positions `ks` of the batch in words: index, source and label"
+    "Items at positions `ks` of the batch in words: index (or position), source and label"
     rows = items.set_index('position').loc[ks]
-    words = [f'item {r.index}' + (f' ({r.source}' if r.source is not None else ' (') +
-             (f', label {r.label!r})' if r.label is not None else ')') for r in rows.itertuples()]
+    words = [(f'item {r.index}' if r.index is not None else f'the item at position {r.Index} of the batch') +
+             (f' ({r.source}' if r.source is not None else ' (') + (f', label {r.label!r})' if r.label is not None
+                                                                     else ')') for r in rows.itertuples()]
     return ', '.join(w.replace(' ()', '') for w in words)
+
+def _input_finite(xb, k:int, n:int) -> bool:
+    "Whether item `k`'s input is finite: its row of each tensor of `xb` whose first dimension is the batch's `n`"
+    return all_finite([t[k] for t in tensors_in(xb) if t.ndim and len(t) == n])
 
 def _table(rp:Replay, dl, run:dict, alone:list|None) -> pd.DataFrame:
     "The batch's items, worst first: index, source, label, loss in the batch, alone, gradient norm, input, seed"
@@ -78,26 +98,30 @@ def _table(rp:Replay, dl, run:dict, alone:list|None) -> pd.DataFrame:
     for k in range(n):
         i = col(idxs, k)
         src, label = item_source(dl.dataset, i) if i is not None else (None, None)
-        recs.append(dict(position=k, index=i, source=src, label=label, loss=items[k], alone=col(alone or [], k),
-                         grad_norm=col(run['norms'], k), input_finite=all_finite([t[k] for t in tensors_in(rp.xb)]),
+        one = col(alone or [], k) or (None, None)
+        recs.append(dict(position=k, index=i, source=src, label=label, loss=items[k], alone=one[0],
+                         alone_grad=one[1], grad_norm=col(run['norms'], k), input_finite=_input_finite(rp.xb, k, n),
                          seed=col(rp.seeds or [], k)))
-    df = pd.DataFrame(recs, columns=['position', 'index', 'source', 'label', 'loss', 'alone', 'grad_norm',
-                                      'input_finite', 'seed'])
+    df = pd.DataFrame(recs, columns=['position', 'index', 'source', 'label', 'loss', 'alone', 'alone_grad',
+                                      'grad_norm', 'input_finite', 'seed'])
     loss, alone = df['loss'].astype(float), df['alone'].astype(float)
     worst = pd.DataFrame(dict(a=df['input_finite'], b=alone.map(math.isfinite) | alone.isna(),
                               c=-loss.map(lambda v: math.inf if not math.isfinite(v) else v))) # NaN first
     return df.iloc[worst.sort_values(['a', 'b', 'c'], kind='stable').index]
 
-def _earlier(learn:Learner, rp:Replay, path:Path|None, rows:pd.DataFrame, ac) -> dict|None:
-    "The batch run on checkpoint `path`'s state: its loss, and how it compares with the losses recorded around it"
+def _earlier(learn:Learner, rp:Replay, path:Path|None, rows:pd.DataFrame) -> dict|None:
+    "The batch run on checkpoint `path`'s state: loss, gradient norm, items, against the batches recorded around it"
     if path is None: return None
-    run = run_batch(learn, rp, read_checkpoint(path)['state'], ac)
-    pos = checkpoint_position(path)[1:]
-    at = int((_before(rows, pos)).sum()) # the first batch trained from that state
-    near = rows.iloc[max(0, at - 10):at + 10]
+    run = run_batch(learn, rp, read_checkpoint(path)['state'])
+    at = int(_before(rows, checkpoint_position(path)[1:]).sum()) # the first batch trained from that state
+    near = rows.iloc[max(0, at - WINDOW // 2):at + WINDOW // 2]
     near = near[_before(near, (rp.epoch, rp.batch))] # not the batch itself, nor what came after it
-    loss = float(run['loss'].float().mean())
-    return dict(path=path, loss=loss, odd=odd(_finite_col(near, 'loss'), loss), n=len(near))
+    loss, norm = float(run['loss'].float().mean()), run['grad_norm']
+    norm = None if norm is None else float(norm)
+    said = [w for w in (odd(_finite_col(near, 'loss'), loss), odd(_finite_col(near, 'grad_norm'), norm)) if w]
+    items = [] if run['items'] is None else run['items'].tolist()
+    return dict(path=path, loss=loss, odd='; '.join(said) or None, n=len(near), judged=len(near) >= LEAST,
+                out=outliers(items))
 
 # %% ../nbs/02k_attribution.ipynb #2391d3f3
 def gather(learn:Learner, rp:Replay, record:RunRecord, earlier:Path|None=None, deterministic:bool=True,
@@ -105,61 +129,88 @@ def gather(learn:Learner, rp:Replay, record:RunRecord, earlier:Path|None=None, d
     "Every piece of evidence on batch `rp`; `learn` is left as it was found by the caller (`attribute`)"
     rows = train_rows(record, rp.fit)
     hist = rows[_before(rows, (rp.epoch, rp.batch))].tail(WINDOW) if len(rows) else rows
-    ac = run_autocast(learn, rp.xb)
-    run, twice, ops = run_twice(learn, rp, deterministic, item_grads, ac)
+    run, twice, ops = run_twice(learn, rp, deterministic, item_grads)
     loss, norm = float(run['loss'].float().mean()), run['grad_norm']
     norm = None if norm is None else float(norm)
-    f = dict(run=run, same=twice, ops=ops, loss=loss, norm=norm, n=len(hist), autocast=ac, rows=rows,
+    f = dict(run=run, same=twice, ops=ops, loss=loss, norm=norm, n=len(hist), rows=rows,
+             loop=same(run['loss'], rp.loss), replay_loss=rp.loss, replay_autocast=rp.autocast, # the loop's own
              loss_odd=odd(_finite_col(hist, 'loss'), loss), norm_odd=odd(_finite_col(hist, 'grad_norm'), norm))
     f['anomalous'] = bool(f['loss_odd'] or f['norm_odd'])
     rp.restore(learn)
     f['weights'] = next((n for n, p in learn.model.named_parameters() if not torch.isfinite(p).all()), None)
     finite = math.isfinite(loss) and (norm is None or math.isfinite(norm))
     f['alone'] = None if finite else run_alone(learn, rp)
-    f['full'] = None if ac is None else run_batch(learn, rp) # the run's mixed precision against full precision
+    f['full'] = None if rp.autocast is None else run_batch(learn, rp, autocast=False) # against full precision
     f['items'] = _table(rp, learn.dls.train, run, f['alone'])
-    f['earlier'] = _earlier(learn, rp, earlier, rows, ac) if f['anomalous'] else None
+    f['earlier'] = _earlier(learn, rp, earlier, rows) if f['anomalous'] else None
     return f
 
-def _verdict(f:dict, where:str) -> tuple:
+_STEPS = ('before_batch', 'after_pred', 'after_loss', 'before_backward')
+
+def _callbacks(learn:Learner) -> str:
+    "The callbacks that may change a batch or its loss in fastai's loop (beyond the model and the loss function)"
+    own = ('TrainEvalCallback', 'Recorder', 'ProgressCallback', 'ReproducibleCallback', 'CastToTensor')
+    names = [type(cb).__name__ for cb in learn.cbs if type(cb).__name__ not in own and
+             any(getattr(type(cb), e, None) is not None for e in _STEPS)]
+    return ', '.join(names) or 'none found'
+
+def _verdict(f:dict, where:str, learn:Learner) -> tuple:
     "(cause, one line) from the evidence `f` (`gather`), tried in order: the first that holds"
     items, ops, e = f['items'], f['ops'], f['earlier']
     if not f['same']:
         why = (f"{', '.join(ops)} has no deterministic implementation (torch names it)" if ops else
                'a nondeterministic kernel or the hardware (torch names no operation)')
         return 'nondeterminism', f'NOT REPRODUCIBLE: {where} gives other losses or gradients when run twice: {why}'
+    if not f['loop']:
+        return 'callbacks', (f"CALLBACKS: {where} gives another loss outside fastai's loop ({f['loss']:.6g}) than in "
+                             f"it ({float(f['replay_loss']):.6g}): a callback changes the batch, its loss or its "
+                             f"draws ({_callbacks(learn)}); the rest would describe another computation")
     if not f['anomalous']:
+        if math.isfinite(f['loss']) and f['n'] < LEAST:
+            return 'unknown', (f"UNKNOWN: {where} has a finite loss {f['loss']:.4g}, and {f['n']} recorded batches "
+                               f"before it are too few to tell a spike (the watch needs {LEAST})")
         return 'ordinary', (f"ORDINARY: {where} is not anomalous: its loss {f['loss']:.4g}" +
                             ('' if f['norm'] is None else f", gradient norm {f['norm']:.4g}") +
                             f" against the last {f['n']} recorded batches")
-    bad = items.loc[~items['input_finite'], 'position'].tolist()
-    if bad: return 'item', f'ITEM: {where}: {_item_words(items, bad)}: its input is not finite (after item transforms)'
+    by_pos = items.sort_values('position')
+    nan_loss = not math.isfinite(f['loss'])
+    if nan_loss and (bad := some(list(~by_pos['input_finite']))):
+        return 'item', f'ITEM: {where}: {_item_words(items, bad)}: its input is not finite (after item transforms)'
     if f['weights']:
         return 'state', (f"STATE: {where}: the weights were not finite before it ({f['weights']}): an earlier batch "
                          f"made them so; explain the fit's first anomalous batch")
     full = f['full']
-    if full is not None and math.isfinite(v := float(full['loss'].float().mean())) and not math.isfinite(f['loss']):
-        return 'precision', (f"PRECISION: {where} is not finite in mixed precision ({f['autocast'][1]}) and finite in "
-                             f"full precision ({v:.4g}): a value out of the half type's range")
-    alone = f['alone']
-    if alone is not None:
-        nf = [k for k, v in enumerate(alone) if v is not None and not math.isfinite(v)]
-        if nf and len(nf) < len(alone):
-            return 'item', f'ITEM: {where}: {_item_words(items, nf)} makes the loss non-finite on its own'
-    if e is not None and e['odd'] is None:
+    if full is not None and math.isfinite(v := float(full['loss'].float().mean())) and nan_loss:
+        return 'precision', (f"PRECISION: {where} is not finite in mixed precision ({f['replay_autocast'][1]}) and "
+                             f"finite in full precision ({v:.4g}): a value out of the half type's range")
+    nf = lambda v: v is not None and not math.isfinite(v)
+    if f['alone'] is not None and (bad := some([nf(v) for v in by_pos['alone']])):
+        return 'item', f'ITEM: {where}: {_item_words(items, bad)} makes the loss non-finite on its own'
+    if f['alone'] is not None and (bad := some([nf(v) for v in by_pos['alone_grad']])):
+        return 'item', f'ITEM: {where}: {_item_words(items, bad)} makes the gradient non-finite on its own'
+    if bad := some([v is not None and not math.isfinite(v) for v in by_pos['loss']]):
+        return 'item', f'ITEM: {where}: the loss of {_item_words(items, bad)} is not finite, the others\' are'
+    if bad := some([v is not None and not math.isfinite(v) for v in by_pos['grad_norm']]):
+        return 'item', f'ITEM: {where}: the gradient of {_item_words(items, bad)} is not finite, the others\' are'
+    out = outliers([None if v is None else float(v) for v in by_pos['loss']])
+    out = out if len(out) <= len(by_pos) // 2 else []
+    if out and e is not None and set(out) & set(e['out']):
+        both = sorted(set(out) & set(e['out']))
+        return 'item', (f"ITEM: {where}: {_item_words(items, both)} carries the spike: its loss is far above the "
+                        f"others' in the batch, and also on the earlier state of {e['path'].name}")
+    if e is not None and e['odd'] is None and e['judged']:
         return 'state', (f"STATE: {where} is ordinary on the earlier state of {e['path'].name} (loss {e['loss']:.4g}): "
                          f"the model's state made it anomalous, not its data (a learning rate too high, a divergence "
                          f"building up); no item is to blame")
-    loss_items = [None if v is None else float(v) for v in items.sort_values('position')['loss']]
-    out = outliers(loss_items)
-    if out and len(out) <= len(loss_items) // 2 and (e is None or e['odd'] is not None):
-        return 'item', (f'ITEM: {where}: {_item_words(items, out)} carries the spike: its loss is far above the '
-                        f'others\' in the batch, on this state and (when there is one) on the earlier one')
-    if e is not None:
+    if out and e is None:
+        return 'item', (f"ITEM: {where}: {_item_words(items, out)} carries the spike: its loss is far above the "
+                        f"others' in the batch (no earlier checkpoint of the fit to check it on another state)")
+    if e is not None and e['odd'] is not None:
         return 'data', (f"DATA: {where} is anomalous on the earlier state of {e['path'].name} too ({e['odd']}): its "
                         f"data, though no single item stands out")
-    return 'unknown', (f'UNKNOWN: {where} is anomalous, no item stands out, and there is no earlier checkpoint of the '
-                       f'fit to tell its data from the model\'s state (keep=... keeps more checkpoints)')
+    why = ('there is no earlier checkpoint of the fit (keep=... keeps more)' if e is None else
+           f"the {e['n']} batches recorded around {e['path'].name} are too few to judge the batch there")
+    return 'unknown', f"UNKNOWN: {where} is anomalous, no item stands out, and {why}: its data or the model's state"
 
 # %% ../nbs/02k_attribution.ipynb #4f4247ae
 def _evidence(f:dict, rp:Replay, tfms:list) -> list:
@@ -168,6 +219,8 @@ def _evidence(f:dict, rp:Replay, tfms:list) -> list:
     ev = [('replay', rp.verdict())]
     ev.append(('run twice', 'the same loss, item losses and gradients, bit for bit' if f['same'] else
                'NOT the same' + (f": {', '.join(f['ops'])}" if f['ops'] else '')))
+    ev.append(('outside the loop', "the loss of fastai's loop, bit for bit" if f['loop'] else
+               f"another loss ({f['loss']:.6g}) than fastai's loop ({float(f['replay_loss']):.6g})"))
     said = [w for w in (f['loss_odd'] and f"loss {f['loss_odd']}", f['norm_odd'] and f"gradient norm {f['norm_odd']}")
             if w]
     ev.append(('anomaly', '; '.join(said) + f" (against the last {f['n']} recorded batches)" if said else
@@ -177,12 +230,12 @@ def _evidence(f:dict, rp:Replay, tfms:list) -> list:
                                        f"{run['param'] or 'no parameter'} (first in the backward pass)"))
     if tfms: ev.append(('item transforms', ', '.join(tfms) + ' (random ones keyed to the item\'s seed)'))
     if full is not None:
-        ev.append(('precision', f"mixed ({f['autocast'][1]}): loss {f['loss']:.4g}; full: "
+        ev.append(('precision', f"mixed ({f['replay_autocast'][1]}): loss {f['loss']:.4g}; full: "
                                 f"{float(full['loss'].float().mean()):.4g}"))
     if e is not None:
-        ev.append(('earlier state', f"{e['path'].name}: loss {e['loss']:.4g}, " +
-                   (f"anomalous ({e['odd']})" if e['odd'] else f"ordinary against the {e['n']} batches recorded "
-                                                                 f"around it")))
+        how = (f"anomalous ({e['odd']})" if e['odd'] else f"ordinary against the {e['n']} batches recorded around it"
+               if e['judged'] else f"not judged: {e['n']} batches recorded around it, fewer than {LEAST}")
+        ev.append(('earlier state', f"{e['path'].name}: loss {e['loss']:.4g}, {how}"))
     return ev
 
 def _cell(v) -> str:
@@ -229,12 +282,14 @@ class Attribution:
 def attribute(learn:Learner, rp:Replay, record:RunRecord, candidates:list=(), deterministic:bool=True,
               item_grads:int=16, earlier=None) -> Attribution:
     "Why replayed batch `rp` has the loss it has (`gather`, `_verdict`); `learn` and the generators are left as found"
-    if rp.state is None: raise ValueError(f'cannot explain a batch the replay did not reach: {rp.verdict()}')
-    if not isinstance(item_grads, int) or item_grads < 0:
-        raise ValueError(f'item_grads={item_grads!r}: the number of items whose gradient norm is computed, 0 for none')
-    path, kept = pick_earlier(list(candidates), (rp.fit, rp.epoch, rp.batch), earlier), learner_snapshot(learn)
+    if rp.state is None or rp.loss is None or not len(rp.xb): # cancelled before its loss, or never reached
+        raise ValueError(f'cannot explain a batch whose loss the replay did not reach: {rp.verdict()}')
+    check_explain(item_grads, earlier, list(candidates))
+    at = (rp.fit, rp.epoch, rp.batch)
+    path, kept = pick_earlier(list(candidates), train_rows(record, rp.fit), at, earlier), learner_snapshot(learn)
     with isolate_rng(learn.dls):
         try: f = gather(learn, rp, record, path, deterministic, item_grads)
         finally: put_learner(learn, kept)
-    cause, line = _verdict(f, f'fit {rp.fit}, epoch {rp.epoch}, training batch {rp.batch}')
+    cause, line = _verdict(f, f'fit {rp.fit}, epoch {rp.epoch}, training batch {rp.batch}', learn)
+    if not rp.matched: line += f' (but the replay departs from the record: {rp.differs})'
     return Attribution(cause, line, _evidence(f, rp, item_tfms(learn.dls.train)), f['items'], f['rows'], rp)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 import torch
-from fastai.callback.fp16 import MixedPrecision, AMPMode
+from fastai.torch_core import to_float
 from fastai.learner import Learner
 from .seeding import set_rng_state
 from .determinism import lock_determinism, set_determinism_flags
@@ -17,8 +17,8 @@ from .learner_state import restore_learner
 from .replay import Replay
 
 # %% auto #0
-__all__ = ['NONDET', 'tensors_in', 'all_finite', 'same', 'Probe', 'run_autocast', 'per_item', 'n_items', 'run_batch', 'run_twice',
-           'run_alone', 'item_source', 'item_tfms']
+__all__ = ['NONDET', 'tensors_in', 'all_finite', 'same', 'Probe', 'per_item', 'n_items', 'run_batch', 'run_twice', 'run_alone',
+           'item_source', 'item_tfms']
 
 # %% ../nbs/02j_batch_runs.ipynb #fe4084e1
 def tensors_in(o) -> list:
@@ -40,7 +40,7 @@ def same(a, b) -> bool:
 class Probe:
     "Hooks on a model: the first module whose output, and the first parameter whose gradient, is not finite"
     def __init__(self, model:torch.nn.Module):
-        self.module, self.reached = None, [] # the parameters' gradients as the backward pass reaches them: (name, finite)
+        self.module, self.reached = None, [] # (name, finite) of each gradient, as the backward pass reaches it
         self.hooks = [m.register_forward_hook(self._output(n)) for n, m in model.named_modules() if n]
         self.hooks += [p.register_post_accumulate_grad_hook(self._grad(n)) for n, p in model.named_parameters()
                        if p.requires_grad]
@@ -65,13 +65,6 @@ class Probe:
         for h in self.hooks: h.remove()
 
 # %% ../nbs/02j_batch_runs.ipynb #a72cf2ff
-def run_autocast(learn:Learner, xb) -> tuple|None:
-    "(device type, dtype) of the autocast the run's `MixedPrecision` ran the batch in; `None`: full precision"
-    mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)
-    dev = next((t.device.type for t in tensors_in(xb)), 'cpu')
-    if mp is None or dev != 'cuda': return None # fastai's autocast is CUDA's: elsewhere the batch ran in full
-    return dev, torch.bfloat16 if AMPMode(mp.amp_mode) == AMPMode.BF16 else torch.float16
-
 def per_item(losses:torch.Tensor, n:int) -> torch.Tensor|None:
     "The loss of each of `n` items from an unreduced loss (one value an item, or an equal number each); else `None`"
     if losses.ndim == 0 or n == 0 or losses.numel() % n: return None
@@ -82,26 +75,32 @@ def n_items(xb) -> int:
     t = tensors_in(xb)
     return len(t[0]) if t and t[0].ndim else 0
 
-def run_batch(learn:Learner, rp:Replay, state:dict|None=None, autocast:tuple|None=None, item_grads:int=0) -> dict:
-    "Replayed batch `rp` once from the state before it (or `state`): loss, items' losses, gradients, where non-finite"
+def run_batch(learn:Learner, rp:Replay, state:dict|None=None, autocast:bool=True, item_grads:int=0) -> dict:
+    "Batch `rp` once from the state before it (or `state`), in the fit's autocast (or not): losses, gradients, probes"
     rp.restore(learn)
     if state is not None: restore_learner(learn, state, absent_ok=True)
     model, n = learn.model, n_items(rp.xb)
     model.zero_grad(set_to_none=True)
     set_rng_state(rp.rng) # the generators as the batch began
-    probe = Probe(model)
+    probe, ac = Probe(model), rp.autocast if autocast else None
     try:
-        with torch.autocast(*autocast) if autocast else nullcontext():
+        with torch.autocast(*ac) if ac else nullcontext():
             pred = model(*rp.xb)
-            with learn.loss_not_reduced(): losses = learn.loss_func(pred, *rp.yb)
-            loss = learn.loss_func(pred, *rp.yb)
-        items = per_item(losses, n)
+            if ac: pred = to_float(pred) # as fastai's `MixedPrecision` does
+            loss = learn.loss_func(pred, *rp.yb) # first, as the loop: a loss that draws draws as it did
+            items = _unreduced(learn, pred, rp.yb, n)
         norms = [_item_norm(items[k], model) for k in range(min(n, item_grads))] if items is not None else []
         loss.backward()
         grads = [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
     finally: probe.remove()
     return dict(loss=loss.detach(), items=None if items is None else items.detach(), norms=norms, grads=grads,
                 module=probe.module, param=probe.param, grad_norm=grad_norm(model.parameters()))
+
+def _unreduced(learn:Learner, pred, yb, n:int) -> torch.Tensor|None:
+    "Each of the `n` items' loss (fastai's `loss_not_reduced`); `None` for a loss function that cannot say"
+    try:
+        with learn.loss_not_reduced(): return per_item(learn.loss_func(pred, *yb), n)
+    except TypeError: return None # a plain function: no `reduction` to set
 
 def _item_norm(loss:torch.Tensor, model:torch.nn.Module) -> float:
     "The 2-norm of the gradient of one item's loss"
@@ -113,27 +112,30 @@ def _item_norm(loss:torch.Tensor, model:torch.nn.Module) -> float:
 # %% ../nbs/02j_batch_runs.ipynb #0c6ea06a
 NONDET = 'does not have a deterministic implementation' # torch's words for an operation it cannot run deterministically
 
-def run_twice(learn:Learner, rp:Replay, deterministic:bool=True, item_grads:int=0, autocast:tuple|None=None) -> tuple:
+def run_twice(learn:Learner, rp:Replay, deterministic:bool=True, item_grads:int=0) -> tuple:
     "(the first run, whether the second is the same bit for bit, the operations torch says are not deterministic)"
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         flags = lock_determinism() if deterministic else None # as the fit ran: only warned about, never raised
-        try: a, b = run_batch(learn, rp, None, autocast, item_grads), run_batch(learn, rp, None, autocast)
+        try: a, b = run_batch(learn, rp, item_grads=item_grads), run_batch(learn, rp)
         finally:
             if flags is not None: set_determinism_flags(flags)
     ops = sorted({str(x.message).split(' does not have')[0] for x in w if NONDET in str(x.message)})
     return a, same((a['loss'], a['items'], a['grads']), (b['loss'], b['items'], b['grads'])), ops
 
 def run_alone(learn:Learner, rp:Replay) -> list:
-    "Each item's loss run on its own in eval mode, on the state before the batch (`None`: it cannot run alone)"
+    "(loss, gradient norm) of each item run on its own in eval mode, on the state before the batch; `None`: it cannot"
     rp.restore(learn)
-    learn.model.eval()
-    out = []
-    with torch.no_grad():
-        for k in range(n_items(rp.xb)):
-            one = lambda b: [t[k:k + 1] if torch.is_tensor(t) else t for t in b]
-            try: out.append(float(learn.loss_func(learn.model(*one(rp.xb)), *one(rp.yb)).float().mean()))
-            except Exception: out.append(None)
+    model, out = learn.model, []
+    model.eval()
+    for k in range(n_items(rp.xb)):
+        one = lambda b: [t[k:k + 1] if torch.is_tensor(t) else t for t in b]
+        model.zero_grad(set_to_none=True)
+        try:
+            loss = learn.loss_func(model(*one(rp.xb)), *one(rp.yb)).float().mean()
+            loss.backward()
+            out.append((float(loss), float(grad_norm(model.parameters()) or 0.)))
+        except Exception: out.append(None) # an item that cannot run alone (a model that needs a whole batch)
     return out
 
 def item_source(ds, i:int) -> tuple:

@@ -23,7 +23,7 @@ from .recorder import FitRecorder, save_new, save_for_nbcheck
 from .checkpoint import CheckpointHooks, check_resuming, checkpoint_position, checkpoints
 from .anomaly import AnomalyWatch, check_on_anomaly
 from .replay import BatchReplay, Replay, replay_checkpoint, replay_fit
-from .attribution import Attribution, attribute
+from .attribution import Attribution, attribute, check_explain
 from .compare import OBSERVERS
 
 # %% auto #0
@@ -299,13 +299,15 @@ class ReproducibleCallback(Callback):
         ran, differs = rp.check(self.record, replayed, checkpoint_position(rp.path)[1:])
         got = rp.got or dict(xb=(), yb=(), loss=None)
         return Replay(f, epoch, batch, rp.path, ran, differs, got['xb'], got['yb'], got['loss'], rp.before, rp.rng,
-                      rp.items, rp.seeds)
+                      rp.items, rp.seeds, got.get('autocast'))
 
     def explain(self, epoch:int, batch:int, fit:int|None=None, earlier=None, item_grads:int=16) -> Attribution:
         "Replay training batch `batch` of `epoch` (`replay`), and tell why its loss is what it is (`attribute`)"
-        rp, ck = self.replay(epoch, batch, fit), self._hooks.ckpt
-        return attribute(self.learn, rp, self.record, checkpoints(ck.folder, run=ck.run, part=None),
-                         self.deterministic, item_grads, earlier)
+        ck = self._hooks.ckpt
+        found = checkpoints(ck.folder, run=ck.run, part=None) if ck is not None else []
+        check_explain(item_grads, earlier, found) # before the replay, which may take long
+        return attribute(self.learn, self.replay(epoch, batch, fit), self.record, found, self.deterministic,
+                         item_grads, earlier)
 
     def _save(self):
         "Save the record: into the file of this run's first save, or a new one in `save_to`"

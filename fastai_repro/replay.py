@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import pandas as pd, torch
 from fastai.callback.core import CancelFitException
+from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner
 from .runrecord import RunRecord
 from .seeding import get_rng_state
@@ -19,7 +20,8 @@ from .checkpoint import checkpoints, checkpoint_position
 from .learner_state import learner_state, restore_learner
 
 # %% auto #0
-__all__ = ['replay_fit', 'replay_checkpoint', 'batch_items', 'learner_snapshot', 'put_learner', 'BatchReplay', 'Replay']
+__all__ = ['replay_fit', 'replay_checkpoint', 'batch_items', 'batch_autocast', 'learner_snapshot', 'put_learner', 'BatchReplay',
+           'Replay']
 
 # %% ../nbs/02i_replay.ipynb #bea95dc8
 def replay_fit(record:RunRecord, fit:int|None, epoch:int, batch:int) -> int:
@@ -64,12 +66,19 @@ def _span(df:pd.DataFrame, fit:int, start:tuple, end:tuple) -> pd.DataFrame:
 def batch_items(dl, pos:int) -> tuple:
     "(indices in its data set, item seeds) of batch `pos` of `dl`'s pass under way; `None` where unknown"
     idxs, bs = dl.__dict__.get('_DataLoader__idxs'), getattr(dl, 'bs', None) # fastai's order for the pass
-    if idxs is None or not bs: return None, None
-    idxs = list(idxs[pos * bs:(pos + 1) * bs])
+    # a `SortedDL`'s order is an iterator (not kept); an `LMDataLoader`'s are places in one text stream, not items
+    if not isinstance(idxs, (list, tuple, range)) or not bs or type(dl).__name__ == 'LMDataLoader': return None, None
+    idxs = list(idxs[pos * bs:(pos + 1) * bs]) # an item that raised `SkipItemException` would shift the rest
     keys = loader_keys(dl)
     return idxs, ([keys.item_seed(i) for i in idxs] if keys is not None and keys.dl.indexed else None)
 
-_LOOP = ('epoch', 'iter', 'n_epoch', 'n_iter', 'training', 'dl', 'xb', 'yb', 'pred', 'loss', 'smooth_loss')
+_LOOP = ('epoch', 'iter', 'n_epoch', 'n_iter', 'training', 'dl', 'xb', 'yb', 'pred', 'loss', 'loss_grad', 'smooth_loss')
+
+def batch_autocast(learn:Learner) -> tuple|None:
+    "(device type, dtype) of the autocast `MixedPrecision` runs the fit's batches in; `None`: full precision"
+    mp = next((cb for cb in learn.cbs if isinstance(cb, MixedPrecision)), None)
+    ac = getattr(mp, 'autocast', None) # made in its `before_fit`; fastai's is CUDA's, disabled where CUDA is not
+    return (ac.device, ac.fast_dtype) if isinstance(ac, torch.autocast) and ac._enabled else None
 
 def learner_snapshot(learn:Learner) -> tuple:
     "All a replay changes in `learn`: its state (`learner_state`), gradients, what trains, modules' modes, loop values"
@@ -82,7 +91,8 @@ def put_learner(learn:Learner, snap:tuple):
     "Put `learn` back as `learner_snapshot` took it"
     st, trains, modes, loop = snap
     restore_learner(learn, st, absent_ok=True) # the fit's own callbacks (a scheduler) may be gone by now
-    for p, (t, g) in zip(learn.model.parameters(), trains): p.requires_grad_(t); p.grad = g
+    for p, (t, g) in zip(learn.model.parameters(), trains): # the snapshot's gradients stay its own: copies
+        p.requires_grad_(t); p.grad = None if g is None else g.clone()
     for x, t in zip(learn.model.modules(), modes): x.training = t
     learn.__dict__.update(loop)
 
@@ -101,7 +111,8 @@ class BatchReplay:
         self.items, self.seeds = batch_items(learn.dl, learn.iter - (ck[2] if ck[1] == self.target[1] else 0))
     def capture(self, learn:Learner):
         "Its loss is computed (every callback's `after_loss` ran): keep the batch and the loss, and end the fit"
-        self.got = dict(xb=_detached(learn.xb), yb=_detached(learn.yb), loss=_detached(learn.loss))
+        self.got = dict(xb=_detached(learn.xb), yb=_detached(learn.yb), loss=_detached(learn.loss),
+                        autocast=batch_autocast(learn)) # the fit's callbacks: gone after it
         raise CancelFitException() # every callback ends its fit; a later fit of the same call is skipped (`done`)
     @property
     def done(self) -> bool: return self.got is not None
@@ -144,6 +155,7 @@ class Replay:
     rng:dict|None = field(default=None, repr=False) # the generators as the batch began (`get_rng_state`)
     items:list|None = field(default=None, repr=False) # the indices of its items in the data set, in the batch's order
     seeds:list|None = field(default=None, repr=False) # each item's seed (its item transforms drew from it)
+    autocast:tuple|None = field(default=None, repr=False) # (device type, dtype) of the fit's mixed precision
 
     @property
     def matched(self) -> bool: return self.differs is None

@@ -155,3 +155,11 @@ def test_skip_leaves_the_batchnorm_statistics_as_they_were():
     stopped, seen = bn('stop'); fit(stopped, 1) # stopped there: the model as it was before that batch
     assert all(torch.isfinite(b).all() for b in stopped.model.buffers())
     assert stopped.model[1].num_batches_tracked.item() == seen.seen[0][1]
+
+def test_skip_and_stop_work_with_a_lazy_module():
+    "A lazy BatchNorm has no buffers before its first batch: keeping them must not break the fit"
+    for action in ('skip', 'stop'):
+        learn = learner(action, poison=False)
+        learn.model = nn.Sequential(nn.Linear(4, 8), nn.LazyBatchNorm1d(), nn.Linear(8, 1))
+        said = fit(learn, 1) # (the recorder cannot read a lazy module's facts: it says so, as without a watch)
+        assert all('recording stopped' in w for w in said) and learn.model[1].running_mean.shape == (8,)

@@ -6,6 +6,8 @@ import pytest, torch
 from PIL import Image
 from torch import nn
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from torch.amp import GradScaler
 from fastai_repro import attribution
 from fastai_repro.determinism import determinism_flags
 from fastai_repro.seeding import get_rng_state
@@ -37,8 +39,11 @@ def test_a_poisoned_item_is_named_and_an_ordinary_batch_is_not(tmp_path):
     assert dict(a.evidence)['not finite first'].startswith('output of 0 (Linear); gradient of 2.bias'), a.evidence
     clean = bn_learner(tmp_path, 'clean', poison=False, on_anomaly='stop') # contrast: the same batch, no poison
     fit(clean)
-    b = clean.reproducible.explain(*stopped_at(learn))
+    e, i = stopped_at(learn)
+    b = clean.reproducible.explain(e + 1, i) # the same place an epoch later: with enough history to judge
     assert b.cause == 'ordinary' and b.verdict.startswith('ORDINARY'), b
+    c = clean.reproducible.explain(e, i) # the batch itself: too few batches before it to tell a spike
+    assert c.cause == 'unknown' and 'too few to tell a spike' in c.verdict, c
 
 def test_an_item_whose_loss_alone_is_not_finite(tmp_path):
     "A target of `inf`: every input finite, and only that item's loss is not finite when it runs alone"
@@ -62,9 +67,10 @@ def test_a_too_high_learning_rate_blames_no_item(tmp_path):
     assert a.cause == 'state' and 'no item is to blame' in a.verdict, a
     assert 'ordinary against the' in dict(a.evidence)['earlier state']
     assert a.replay.matched and a.replay.loss.isfinite() # a spike, not a NaN
-    assert a.replay.checkpoint.name.endswith(f'epoch{at[0]:04d}-batch{at[1]:06d}.ckpt') and a.replay.ran == 0
-    b = learn.reproducible.explain(*at, earlier=a.replay.checkpoint) # contrast: the state the spike came from
-    assert b.cause != 'state' and 'anomalous' in dict(b.evidence)['earlier state'], b
+    b = attribution.attribute(learn, a.replay, learn.reproducible.record, candidates=[]) # no earlier state
+    assert b.cause != 'state' and 'earlier state' not in dict(b.evidence), b # then nothing clears the items
+    with pytest.raises(ValueError, match=r'a checkpoint at \(0, 1, 6\) \(fit, epoch, batch\), not of fit 0 before'):
+        learn.reproducible.explain(*at, earlier=a.replay.checkpoint) # the batch's own state: not an earlier one
 
 def test_an_item_that_carries_a_spike_is_named(tmp_path):
     "Item 37's target is 1000: its loss is far above the others' on any state, and without it the batch is ordinary"
@@ -94,26 +100,37 @@ def test_a_batch_that_differs_when_run_twice(tmp_path, name):
     a = learn.reproducible.explain(1, 4)
     assert a.cause == 'nondeterminism' and a.verdict.startswith('NOT REPRODUCIBLE'), a
     want = f'{name} has no deterministic implementation' if name else 'torch names no operation'
-    assert want in a.verdict, a.verdict
+    assert want in a.verdict and 'but the replay departs from the record' in a.verdict, a.verdict
     plain = bn_learner(tmp_path, 'plain', poison=False) # contrast: the same without the noise
     fit(plain)
     assert plain.reproducible.explain(1, 4).cause == 'ordinary'
 
-def test_mixed_precision_against_full(tmp_path, monkeypatch):
-    """A batch whose activations overflow float16 (fastai's autocast is CUDA's: on this CPU it is forced to the CPU's
-    float16 autocast), and is finite in full precision"""
-    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
-    learn = bn_learner(tmp_path, poison=False, model=model)
-    with torch.no_grad(): model[0].weight.mul_(3e4) # outputs of about 1e5: above float16's 65504
-    learn.lr = 1e-12
-    fit(learn)
-    monkeypatch.setattr(attribution, 'run_autocast', lambda learn, xb: ('cpu', torch.float16))
-    a = learn.reproducible.explain(1, 4)
+class CPUMixed(MixedPrecision):
+    "fastai's `MixedPrecision` with the CPU's float16 autocast (fastai's own is CUDA's), and no gradient scaler"
+    def before_fit(self):
+        self.autocast, self.learn.scaler = torch.autocast('cpu', dtype=torch.float16), GradScaler('cpu', enabled=False)
+        self.scales = []
+
+class Huge(Callback):
+    "Training batch (1, 4)'s inputs times 1e5: outputs far above float16's 65504, finite in float32"
+    def before_batch(self):
+        if self.training and (self.epoch, self.iter) == (1, 4): self.learn.xb = (self.x * 1e5,)
+
+def test_mixed_precision_against_full(tmp_path):
+    "A fit in float16 autocast whose batch overflows it: not finite there, finite in full precision"
+    mixed = bn_learner(tmp_path, poison=False, model=nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)),
+                       on_anomaly='stop', cbs=[CPUMixed(), Huge()])
+    fit(mixed)
+    assert stopped_at(mixed) == (1, 4)
+    a = mixed.reproducible.explain(1, 4)
     assert a.cause == 'precision' and 'finite in full precision' in a.verdict, a
-    assert 'mixed (torch.float16): loss inf' in dict(a.evidence)['precision'], a.evidence
-    monkeypatch.undo() # contrast: full precision, as the run ran
-    b = learn.reproducible.explain(1, 4)
-    assert b.cause == 'ordinary' and 'precision' not in dict(b.evidence), b
+    assert a.replay.autocast == ('cpu', torch.float16) and "outside the loop" in dict(a.evidence)
+    assert dict(a.evidence)['precision'].startswith('mixed (torch.float16): loss nan; full: 9.'), a.evidence
+    full = bn_learner(tmp_path, 'full', poison=False, model=nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1)),
+                      on_anomaly='stop', cbs=[Huge()]) # contrast: the same fit in full precision
+    fit(full)
+    b = full.reproducible.explain(1, 4)
+    assert b.cause != 'precision' and 'precision' not in dict(b.evidence) and math.isfinite(b.replay.loss), b
 
 def test_the_learner_and_generators_are_left_as_found(tmp_path):
     learn = bn_learner(tmp_path, on_anomaly='stop') # stopped: no NaN in the weights, which `torch.equal` would fail
@@ -134,7 +151,7 @@ def test_bad_input_is_refused(tmp_path):
     fit(learn)
     with pytest.raises(ValueError, match='item_grads=-1: the number of items'): learn.reproducible.explain(1, 4,
                                                                                                          item_grads=-1)
-    with pytest.raises(ValueError, match="earlier='nope': no such checkpoint file"):
+    with pytest.raises(ValueError, match="earlier='nope': not a checkpoint file of this run; pass one of"):
         learn.reproducible.explain(1, 4, earlier='nope')
     with pytest.raises(ValueError, match='no training batch 30 of epoch 1'): learn.reproducible.explain(1, 30)
 
@@ -166,3 +183,52 @@ def test_images_are_named_by_their_file_and_label(tmp_path):
     assert md.startswith(f'**{a.verdict}**') and str(bad) in md and str(a).startswith(a.verdict)
     fig = a.plot()
     assert len(fig.axes) == 2
+
+class Root(nn.Module):
+    "A linear layer plus sqrt(w·|x₁|): at an item whose x₁ is 0 the loss is finite and w's gradient is not (0/0)"
+    def __init__(self): super().__init__(); self.lin, self.w = nn.Linear(4, 1), nn.Parameter(torch.ones(1))
+    def forward(self, x): return self.lin(x) + torch.sqrt(self.w * x[:, 1:2].abs())
+
+class ZeroForNaN(Callback):
+    "Item 37's NaN input becomes a 0: a finite input, a finite loss"
+    def before_batch(self):
+        if self.training: self.learn.xb = (self.x.nan_to_num(0.),)
+
+def test_an_item_whose_gradient_alone_is_not_finite(tmp_path):
+    learn = bn_learner(tmp_path, model=Root(), on_anomaly='stop', cbs=[ZeroForNaN()])
+    fit(learn)
+    a = learn.reproducible.explain(*stopped_at(learn))
+    assert math.isfinite(a.replay.loss) and 'gradient norm nan' in dict(a.evidence)['anomaly'], a.evidence
+    assert a.cause == 'item' and f'item {POISON} makes the gradient non-finite on its own' in a.verdict, a
+    assert a.items['grad_norm'].isna().all() # in the batch every item's gradient is NaN: sqrt's backward is one
+    assert dict(a.evidence)['not finite first'].endswith('gradient of w (first in the backward pass)'), a.evidence
+
+class Penalty(Callback):
+    "Adds 1 to every training loss in `after_loss`: the loop's loss is not the model's and the loss function's"
+    def after_loss(self):
+        if self.training: self.learn.loss_grad = self.loss_grad + 1.; self.learn.loss = self.loss_grad.clone()
+
+def test_a_callback_that_changes_the_loss_is_named(tmp_path):
+    learn = bn_learner(tmp_path, poison=False, cbs=[Penalty()])
+    fit(learn)
+    a = learn.reproducible.explain(1, 4)
+    assert a.cause == 'callbacks' and '(Penalty)' in a.verdict, a # not judged on another computation
+    plain = bn_learner(tmp_path, 'plain', poison=False) # contrast: no such callback
+    fit(plain)
+    assert plain.reproducible.explain(1, 4).cause == 'ordinary'
+
+def test_a_loss_function_without_reduction(tmp_path):
+    "A plain function as the loss: no loss per item, and the rest of the report"
+    learn = bn_learner(tmp_path, on_anomaly='stop')
+    learn.loss_func = lambda p, y: ((p - y) ** 2).mean()
+    fit(learn)
+    a = learn.reproducible.explain(*stopped_at(learn))
+    assert a.cause == 'item' and a.items['loss'].isna().all() and a.items.iloc[0]['index'] == POISON, a
+
+def test_a_batch_the_replay_did_not_finish_is_refused(tmp_path):
+    learn = bn_learner(tmp_path, poison=False)
+    fit(learn)
+    r = learn.reproducible.replay(1, 4)
+    r.loss, r.xb = None, () # as after a callback cancelled the batch before its loss
+    with pytest.raises(ValueError, match='cannot explain a batch whose loss the replay did not reach'):
+        attribution.attribute(learn, r, learn.reproducible.record)

@@ -20,6 +20,7 @@ def test_a_replayed_batch_matches_the_record(tmp_path):
     rec = learn.reproducible.record
     before, n_rows, n_ev = {k: v.clone() for k, v in learn.model.state_dict().items()}, len(rec), len(rec.events)
     learn.model.weight.grad, learn.model.bias.grad = torch.full_like(learn.model.weight, 7.), None # the user's: kept
+    loss_grad = learn.loss_grad
     epoch, batch = random.Random(os.urandom(8)).choice([(e, b) for e in (0, 1) for b in range(20) if e or b >= 3])
     r = learn.reproducible.replay(epoch, batch)
     assert r.matched, r.verdict()
@@ -36,7 +37,7 @@ def test_a_replayed_batch_matches_the_record(tmp_path):
     assert r.verdict().startswith(f'REPLAYED fit 0, epoch {epoch}, training batch {batch}')
     assert_same_tensors(before, learn.model.state_dict()) # the learner is given back
     assert torch.equal(learn.model.weight.grad, torch.full_like(learn.model.weight, 7.))
-    assert learn.model.bias.grad is None
+    assert learn.model.bias.grad is None and learn.loss_grad is loss_grad
     assert (len(learn.reproducible.record), len(learn.reproducible.record.events)) == (n_rows, n_ev) # and the record
     assert learn.reproducible.record is rec
     r.restore(learn) # the state just before the batch, on request
@@ -103,5 +104,19 @@ def test_the_state_before_a_batch_of_fit_one_cycle_can_be_put_back(tmp_path):
     r = learn.reproducible.replay(1, 4)
     assert r.matched, r.verdict()
     r.restore(learn) # the weights and the optimizer's state just before the batch; the scheduler's is the fit's own
+    from fastai_repro.replay import learner_snapshot, put_learner
+    learn.model.weight.grad = torch.ones_like(learn.model.weight)
+    snap = learner_snapshot(learn)
+    put_learner(learn, snap); learn.model.weight.grad.add_(1.) # a step from there: the snapshot must not change
+    put_learner(learn, snap)
+    assert torch.equal(learn.model.weight.grad, torch.ones_like(learn.model.weight))
     row = learn.reproducible.record.batches.query("phase == 'train' and epoch == 1 and iter == 4").iloc[0]
     assert float(learn.loss_func(learn.model(*r.xb), *r.yb)) == row['loss']
+
+def test_the_items_of_a_batch_are_unknown_where_fastai_keeps_no_order():
+    "A `SortedDL` (fastai's text loaders) keeps an iterator, not a list: no items named, and no error"
+    from types import SimpleNamespace
+    from fastai_repro.replay import batch_items
+    class DL(SimpleNamespace): pass
+    assert batch_items(DL(_DataLoader__idxs=iter(range(10)), bs=2), 1) == (None, None)
+    assert batch_items(DL(_DataLoader__idxs=list(range(10)), bs=4), 1)[0] == [4, 5, 6, 7]
