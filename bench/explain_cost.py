@@ -7,21 +7,11 @@ what keeping the model's buffers costs `on_anomaly='stop'`/`'skip'` each trainin
 `bench/replay_cost.py`). Batch 32 + d of epoch 1 (d = 0 and 8) is replayed and explained, with each item's gradient norm
 (`item_grads=16`, the default: all 8 items) and without (`item_grads=0`), three times each, in turn (median). The
 buffer copy is timed on resnet18's buffers (best of 5 runs of 50)."""
-import os, platform, statistics, tempfile, time, timeit, warnings; warnings.simplefilter('ignore')
-from pathlib import Path
-import torch
-from fastai.vision.all import cnn_learner, resnet18
-from fastai_repro.all import ReproducibleCallback, make_digits_folder, digits_dls
+import statistics, time, timeit, warnings; warnings.simplefilter('ignore')
 from fastai_repro.anomaly import AnomalyWatch
+from replay_cost import trained # the same run
 
-tmp = Path(tempfile.mkdtemp())
-data = make_digits_folder(tmp/'d', size=32, n=480)
-cb = ReproducibleCallback(21, compare_previous=False, checkpoint_every=40, checkpoint_dir=tmp/'ck', keep=10)
-learn = cnn_learner(digits_dls(data, seed=21, size=32, bs=8), resnet18, pretrained=False, cbs=cb)
-with learn.no_bar(), learn.no_logging():
-    t = time.perf_counter(); learn.fit(2); fit_s = time.perf_counter() - t
-print(f'machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; '
-      f'fit(2): {fit_s:.1f} s, {fit_s / 96 * 1e3:.0f} ms a training batch (validation included)')
+learn = trained()
 
 def timed(f) -> float:
     "Seconds `f()` takes"
