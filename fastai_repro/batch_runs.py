@@ -134,7 +134,7 @@ def run_alone(learn:Learner, rp:Replay) -> list:
         try:
             loss = learn.loss_func(model(*one(rp.xb)), *one(rp.yb)).float().mean()
             loss.backward()
-            out.append((float(loss), float(grad_norm(model.parameters()) or 0.)))
+            out.append((float(loss.detach()), float(grad_norm(model.parameters()) or 0.)))
         except Exception: out.append(None) # an item that cannot run alone (a model that needs a whole batch)
     return out
 
