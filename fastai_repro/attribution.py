@@ -60,7 +60,8 @@ def check_explain(item_grads, earlier, candidates:list):
     "Raise, naming the value and the fix, unless `item_grads` is a count and `earlier` is `None` or a checkpoint"
     if type(item_grads) is not int or item_grads < 0:
         raise ValueError(f'item_grads={item_grads!r}: the number of items whose gradient norm is computed, 0 for none')
-    if earlier is not None and (not Path(earlier).is_file() or checkpoint_position(earlier) is None):
+    mine = {c.resolve() for c in candidates}
+    if earlier is not None and (not Path(earlier).is_file() or Path(earlier).resolve() not in mine):
         raise ValueError(f'earlier={str(earlier)!r}: not a checkpoint file of this run; pass one of '
                          f'{[c.name for c in candidates][:5]} (checkpoints(dir) lists them) or None')
 
@@ -183,17 +184,16 @@ def _verdict(f:dict, where:str, learn:Learner) -> tuple:
     if full is not None and math.isfinite(v := float(full['loss'].float().mean())) and nan_loss:
         return 'precision', (f"PRECISION: {where} is not finite in mixed precision ({f['replay_autocast'][1]}) and "
                              f"finite in full precision ({v:.4g}): a value out of the half type's range")
-    nf = lambda v: v is not None and not math.isfinite(v)
-    if f['alone'] is not None and (bad := some([nf(v) for v in by_pos['alone']])):
-        return 'item', f'ITEM: {where}: {_item_words(items, bad)} makes the loss non-finite on its own'
-    if f['alone'] is not None and (bad := some([nf(v) for v in by_pos['alone_grad']])):
-        return 'item', f'ITEM: {where}: {_item_words(items, bad)} makes the gradient non-finite on its own'
-    if bad := some([v is not None and not math.isfinite(v) for v in by_pos['loss']]):
-        return 'item', f'ITEM: {where}: the loss of {_item_words(items, bad)} is not finite, the others\' are'
-    if bad := some([v is not None and not math.isfinite(v) for v in by_pos['grad_norm']]):
-        return 'item', f'ITEM: {where}: the gradient of {_item_words(items, bad)} is not finite, the others\' are'
-    out = outliers([None if v is None else float(v) for v in by_pos['loss']])
-    out = out if len(out) <= len(by_pos) // 2 else []
+    alone, run = f['alone'] or [], f['run'] # from the runs, not the table: there an item not run is a NaN too
+    losses = [] if run['items'] is None else run['items'].tolist()
+    for k, what in ((0, 'makes the loss non-finite on its own'), (1, 'makes the gradient non-finite on its own')):
+        if bad := some([a is not None and not math.isfinite(a[k]) for a in alone]):
+            return 'item', f'ITEM: {where}: {_item_words(items, bad)} {what}'
+    for vals, what in ((losses, 'loss'), (run['norms'], 'gradient')):
+        if bad := some([not math.isfinite(v) for v in vals]):
+            return 'item', f"ITEM: {where}: the {what} of {_item_words(items, bad)} is not finite, the others' are"
+    out = outliers(losses)
+    out = out if len(out) <= len(losses) // 2 else []
     if out and e is not None and set(out) & set(e['out']):
         both = sorted(set(out) & set(e['out']))
         return 'item', (f"ITEM: {where}: {_item_words(items, both)} carries the spike: its loss is far above the "

@@ -154,6 +154,11 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="earlier='nope': not a checkpoint file of this run; pass one of"):
         learn.reproducible.explain(1, 4, earlier='nope')
     with pytest.raises(ValueError, match='no training batch 30 of epoch 1'): learn.reproducible.explain(1, 30)
+    other = bn_learner(tmp_path, 'other', poison=False, bump=(1, 2)) # another run: its checkpoints are not this one's
+    fit(other)
+    theirs = sorted((tmp_path/'other').glob('*.ckpt'))[0]
+    with pytest.raises(ValueError, match='not a checkpoint file of this run'):
+        learn.reproducible.explain(1, 4, earlier=theirs)
 
 def test_images_are_named_by_their_file_and_label(tmp_path):
     "The digits: one training image blank, an item transform that standardises each image divides it by 0"
@@ -232,3 +237,24 @@ def test_a_batch_the_replay_did_not_finish_is_refused(tmp_path):
     r.loss, r.xb = None, () # as after a callback cancelled the batch before its loss
     with pytest.raises(ValueError, match='cannot explain a batch whose loss the replay did not reach'):
         attribution.attribute(learn, r, learn.reproducible.record)
+
+class Picky(nn.Module):
+    "A model that refuses to run some items alone (x₀ > 0.5): those have no loss alone, and are not to blame for it"
+    def __init__(self):
+        super().__init__(); self.seq = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    def forward(self, x):
+        if len(x) == 1 and x[0, 0] > 0.5: raise ValueError('not this one alone')
+        return self.seq(x)
+
+def test_an_item_that_cannot_run_alone_is_not_blamed(tmp_path):
+    class InfTarget(Callback):
+        def before_batch(self):
+            if self.training:
+                self.learn.yb = (torch.where(self.x.isnan().any(1, keepdim=True), math.inf, self.y),)
+                self.learn.xb = (self.x.nan_to_num(0.),)
+    learn = bn_learner(tmp_path, model=Picky(), on_anomaly='stop', cbs=[InfTarget()])
+    fit(learn)
+    a = learn.reproducible.explain(*stopped_at(learn))
+    refused = a.items[a.items['alone'].isna() & (a.items['index'] != POISON)]
+    assert len(refused), a.items # the batch holds items the model refuses alone
+    assert a.cause == 'item' and a.verdict.endswith(f'item {POISON} makes the loss non-finite on its own'), a
