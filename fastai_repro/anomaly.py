@@ -32,9 +32,9 @@ def grad_norm(params) -> torch.Tensor|None:
     if hasattr(torch.nn.utils, 'get_total_norm'): return torch.nn.utils.get_total_norm(grads) # torch 2.6 and later
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads]))
 
-def spike(history:list, x:float, least:int=LEAST) -> tuple|None:
-    "(median, robust std) of `history` (at least `least` values) when `x` lies `Z` robust stds above its median"
-    if len(history) < least or not math.isfinite(x): return None
+def spike(history:list, x:float) -> tuple|None:
+    "(median, robust std) of `history` (at least `LEAST` values) when `x` lies `Z` robust stds above its median"
+    if len(history) < LEAST or not math.isfinite(x): return None
     med = statistics.median(history)
     scale = max(1.4826 * statistics.median(abs(v - med) for v in history), 0.01 * abs(med), 1e-12)
     return (med, scale) if x > med + Z * scale else None
